@@ -1,0 +1,142 @@
+//! Risk fusion: findings into one score, the score into a level, the level into an action.
+
+use std::collections::BTreeMap;
+
+use crate::contract::{Action, Contribution, Explanation, Finding, Level, Signal};
+use crate::policy::{Actions, Thresholds};
+
+/// The decision reached from findings and signals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Risk in [0, 1].
+    pub score: f64,
+    /// Level of the score.
+    pub level: Level,
+    /// Action of the level.
+    pub action: Action,
+    /// Why.
+    pub explanation: Explanation,
+}
+
+/// Scores are reported to four decimals, so equal decisions print equally everywhere.
+fn round4(x: f64) -> f64 {
+    libm::round(x * 10_000.0) / 10_000.0
+}
+
+/// Combines evidence as independent: `1 - Π(1 - w)` over the strongest weight of each id.
+///
+/// One id counts once however often it matched, so repeating a phrase does not raise the score;
+/// different techniques together do.
+pub fn decide(
+    findings: &[Finding],
+    signals: &[Signal],
+    thresholds: &Thresholds,
+    actions: &Actions,
+) -> Decision {
+    let mut strongest: BTreeMap<&str, f64> = BTreeMap::new();
+    for (id, weight) in findings
+        .iter()
+        .map(|f| (f.id.as_str(), f.weight))
+        .chain(signals.iter().map(|s| (s.id.as_str(), s.weight)))
+    {
+        let w = weight.clamp(0.0, 1.0);
+        let entry = strongest.entry(id).or_insert(0.0);
+        if w > *entry {
+            *entry = w;
+        }
+    }
+    let keep = strongest.values().fold(1.0, |acc, w| acc * (1.0 - w));
+    let score = round4((1.0 - keep).clamp(0.0, 1.0));
+    let level = thresholds.level_of(score);
+    let action = actions.for_level(level);
+
+    let mut contributions: Vec<Contribution> = strongest
+        .into_iter()
+        .map(|(id, weight)| Contribution {
+            id: id.to_string(),
+            weight: round4(weight),
+        })
+        .collect();
+    // Strongest first; ties by id, so the order is the same on every face.
+    contributions.sort_by(|a, b| b.weight.total_cmp(&a.weight).then_with(|| a.id.cmp(&b.id)));
+
+    let threshold = thresholds.lower_bound(level);
+    let next_threshold = Level::ALL
+        .iter()
+        .find(|l| **l > level)
+        .and_then(|l| thresholds.lower_bound(*l));
+    let summary = match (threshold, next_threshold) {
+        (Some(t), Some(n)) => format!(
+            "score {score:.4} is at or above the {} threshold {t} and below the next {n}",
+            level.as_str()
+        ),
+        (Some(t), None) => format!(
+            "score {score:.4} is at or above the {} threshold {t}",
+            level.as_str()
+        ),
+        (None, Some(n)) => format!("score {score:.4} is below the low threshold {n}"),
+        (None, None) => format!("score {score:.4}"),
+    };
+    Decision {
+        score,
+        level,
+        action,
+        explanation: Explanation {
+            level,
+            threshold,
+            next_threshold,
+            contributions,
+            summary,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Category, FindingSource, Span};
+
+    fn finding(id: &str, weight: f64) -> Finding {
+        Finding {
+            id: id.into(),
+            category: Category::InstructionOverride,
+            source: FindingSource::Rule,
+            weight,
+            span: Span {
+                segment: 0,
+                byte_start: 0,
+                byte_end: 0,
+                utf16_start: 0,
+                utf16_end: 0,
+            },
+            excerpt: String::new(),
+            obfuscations: vec![],
+            encodings: vec![],
+        }
+    }
+
+    #[test]
+    fn nothing_found_is_very_low_and_allowed() {
+        let d = decide(&[], &[], &Thresholds::default(), &Actions::default());
+        assert_eq!(
+            (d.score, d.level, d.action),
+            (0.0, Level::VeryLow, Action::Allow)
+        );
+        assert_eq!(d.explanation.next_threshold, Some(0.2));
+    }
+
+    #[test]
+    fn independent_evidence_combines_and_repeats_do_not() {
+        let t = Thresholds::default();
+        let a = Actions::default();
+        let one = decide(&[finding("a", 0.5)], &[], &t, &a);
+        let repeated = decide(&[finding("a", 0.5), finding("a", 0.5)], &[], &t, &a);
+        let two = decide(&[finding("a", 0.5), finding("b", 0.5)], &[], &t, &a);
+        assert_eq!(one.score, 0.5);
+        assert_eq!(repeated.score, 0.5);
+        assert_eq!(two.score, 0.75);
+        assert_eq!(two.level, Level::High);
+        assert_eq!(two.action, Action::Quarantine);
+        assert_eq!(two.explanation.threshold, Some(0.6));
+    }
+}

@@ -1,0 +1,384 @@
+//! Rule packs as data, compiled once into a matcher: a keyword prefilter, then confirmation.
+//!
+//! Every rule names keywords, one of which occurs in any text it matches. One Aho-Corasick pass
+//! over the folded text finds the keywords; the rule's regular expression then runs only on a
+//! window around each keyword hit. `regex-lite` has no backtracking, so the work is linear in the
+//! text for a fixed pack, whatever the input.
+
+use std::ops::Range;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use regex_lite::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::Category;
+
+/// The pack built into every guard.
+pub const BUILTIN_PACK: &str = include_str!("../../rules/core.json");
+
+/// Bytes before a keyword hit that a match may start at.
+pub const WINDOW_BEFORE: usize = 240;
+/// Bytes after a keyword hit that a match may end at.
+pub const WINDOW_AFTER: usize = 720;
+/// Matches kept per rule and text; more add nothing to the score.
+const MAX_MATCHES_PER_RULE: usize = 8;
+
+/// A rule pack as written in a data file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulePack {
+    /// Pack name, such as `core`.
+    pub pack: String,
+    /// Pack version; bump on any change to a rule.
+    pub version: u32,
+    /// The rules.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// One rule as written in a data file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Stable id, `family.name`.
+    pub id: String,
+    /// The family of attack.
+    pub category: Category,
+    /// Contribution to the risk when it matches, in (0, 1].
+    pub weight: f64,
+    /// What technique the rule describes.
+    pub description: String,
+    /// Lower-case literals; a match contains at least one.
+    pub keywords: Vec<String>,
+    /// A `regex-lite` pattern over the folded text.
+    pub pattern: String,
+    /// Folded text just before a match that cancels it ("do not ", "never ").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unless_preceded_by: Vec<String>,
+    /// Texts the rule must and must not match; the tests run them.
+    pub examples: Examples,
+}
+
+/// Examples that pin a rule's meaning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Examples {
+    /// Texts the rule matches.
+    #[serde(rename = "match")]
+    pub matching: Vec<String>,
+    /// Texts the rule does not match.
+    pub no_match: Vec<String>,
+}
+
+/// Why a rule pack was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleError {
+    /// The pack is not valid JSON of the right shape.
+    #[error("rule pack is malformed: {0}")]
+    Malformed(String),
+    /// A rule's pattern does not compile.
+    #[error("rule `{id}` has an invalid pattern: {reason}")]
+    Pattern {
+        /// The rule.
+        id: String,
+        /// What the regex compiler said.
+        reason: String,
+    },
+    /// A rule is not usable as written.
+    #[error("rule `{id}` is invalid: {reason}")]
+    Invalid {
+        /// The rule.
+        id: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Two rules share an id.
+    #[error("rule id `{0}` appears twice")]
+    DuplicateId(String),
+}
+
+impl RulePack {
+    /// Parses a pack from its JSON text.
+    pub fn from_json(json: &str) -> Result<Self, RuleError> {
+        serde_json::from_str(json).map_err(|e| RuleError::Malformed(e.to_string()))
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Stable id.
+    pub id: String,
+    /// The family of attack.
+    pub category: Category,
+    /// Contribution to the risk.
+    pub weight: f64,
+    regex: Regex,
+    unless_preceded_by: Vec<String>,
+}
+
+/// All enabled rules, compiled.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    prefilter: Option<AhoCorasick>,
+    /// For each prefilter pattern, the rules that listed it.
+    keyword_rules: Vec<Vec<usize>>,
+}
+
+/// A rule match in folded text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// Index of the rule in the set.
+    pub rule: usize,
+    /// Where it matched in the folded text.
+    pub range: Range<usize>,
+}
+
+impl RuleSet {
+    /// Compiles the given rules. Ids must be unique and every rule must have keywords.
+    pub fn compile<'a>(specs: impl IntoIterator<Item = &'a RuleSpec>) -> Result<Self, RuleError> {
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut keywords: Vec<String> = Vec::new();
+        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        for spec in specs {
+            let invalid = |reason| RuleError::Invalid {
+                id: spec.id.clone(),
+                reason,
+            };
+            if rules.iter().any(|r| r.id == spec.id) {
+                return Err(RuleError::DuplicateId(spec.id.clone()));
+            }
+            if spec.id.is_empty() || spec.id.len() > 96 {
+                return Err(invalid("id must be 1 to 96 characters"));
+            }
+            if !(spec.weight > 0.0 && spec.weight <= 1.0) {
+                return Err(invalid("weight must be in (0, 1]"));
+            }
+            if spec.keywords.is_empty() {
+                return Err(invalid("a rule needs at least one keyword"));
+            }
+            if spec
+                .keywords
+                .iter()
+                .any(|k| k.is_empty() || k.to_lowercase() != *k || k.trim() != k)
+            {
+                return Err(invalid(
+                    "keywords must be non-empty, lower case and trimmed",
+                ));
+            }
+            let regex = Regex::new(&spec.pattern).map_err(|e| RuleError::Pattern {
+                id: spec.id.clone(),
+                reason: e.to_string(),
+            })?;
+            let index = rules.len();
+            for keyword in &spec.keywords {
+                match keywords.iter().position(|k| k == keyword) {
+                    Some(at) => {
+                        if let Some(list) = keyword_rules.get_mut(at) {
+                            list.push(index);
+                        }
+                    }
+                    None => {
+                        keywords.push(keyword.clone());
+                        keyword_rules.push(vec![index]);
+                    }
+                }
+            }
+            rules.push(Rule {
+                id: spec.id.clone(),
+                category: spec.category,
+                weight: spec.weight,
+                regex,
+                unless_preceded_by: spec.unless_preceded_by.clone(),
+            });
+        }
+        let prefilter = if keywords.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::Standard)
+                    .build(&keywords)
+                    .map_err(|e| RuleError::Malformed(e.to_string()))?,
+            )
+        };
+        Ok(RuleSet {
+            rules,
+            prefilter,
+            keyword_rules,
+        })
+    }
+
+    /// The compiled rules, in pack order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Every rule match in a folded text, ordered by rule then position.
+    pub fn find(&self, text: &str) -> Vec<RuleMatch> {
+        let Some(prefilter) = &self.prefilter else {
+            return Vec::new();
+        };
+        // Windows around keyword hits, merged per rule as hits arrive in order.
+        let mut windows: Vec<Vec<Range<usize>>> = vec![Vec::new(); self.rules.len()];
+        for hit in prefilter.find_overlapping_iter(text) {
+            let Some(rule_indexes) = self.keyword_rules.get(hit.pattern().as_usize()) else {
+                continue;
+            };
+            let window = hit.start().saturating_sub(WINDOW_BEFORE)
+                ..(hit.end() + WINDOW_AFTER).min(text.len());
+            for &rule in rule_indexes {
+                let Some(list) = windows.get_mut(rule) else {
+                    continue;
+                };
+                match list.last_mut() {
+                    Some(last) if window.start <= last.end => {
+                        last.start = last.start.min(window.start);
+                        last.end = last.end.max(window.end);
+                    }
+                    _ => list.push(window.clone()),
+                }
+            }
+        }
+        let mut matches = Vec::new();
+        for (index, (rule, rule_windows)) in self.rules.iter().zip(&windows).enumerate() {
+            let mut kept = 0;
+            'windows: for window in rule_windows {
+                let start = floor_char_boundary(text, window.start);
+                let end = ceil_char_boundary(text, window.end);
+                let Some(slice) = text.get(start..end) else {
+                    continue;
+                };
+                for m in rule.regex.find_iter(slice) {
+                    let range = start + m.start()..start + m.end();
+                    if rule.cancelled_by_prefix(text, range.start) {
+                        continue;
+                    }
+                    matches.push(RuleMatch { rule: index, range });
+                    kept += 1;
+                    if kept >= MAX_MATCHES_PER_RULE {
+                        break 'windows;
+                    }
+                }
+            }
+        }
+        matches
+    }
+}
+
+impl Rule {
+    fn cancelled_by_prefix(&self, text: &str, start: usize) -> bool {
+        let before = text.get(..start).unwrap_or_default();
+        self.unless_preceded_by
+            .iter()
+            .any(|p| before.ends_with(p.as_str()))
+    }
+}
+
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
+    at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::normalize;
+
+    fn builtin() -> RulePack {
+        RulePack::from_json(BUILTIN_PACK).unwrap()
+    }
+
+    #[test]
+    fn builtin_pack_compiles() {
+        let pack = builtin();
+        let set = RuleSet::compile(&pack.rules).unwrap();
+        assert!(set.len() >= 20, "only {} rules", set.len());
+    }
+
+    /// Every rule's own examples, through the same normalization the guard uses.
+    #[test]
+    fn every_rule_matches_its_examples_and_only_those() {
+        let pack = builtin();
+        let mut ran = 0;
+        let mut failures = Vec::new();
+        for spec in &pack.rules {
+            let set = RuleSet::compile([spec]).unwrap();
+            if spec.examples.matching.is_empty() || spec.examples.no_match.is_empty() {
+                failures.push(format!("{}: needs examples both ways", spec.id));
+            }
+            for text in &spec.examples.matching {
+                let folded = normalize(text);
+                if set.find(folded.text()).is_empty() {
+                    failures.push(format!("{} misses {:?}", spec.id, folded.text()));
+                }
+                ran += 1;
+            }
+            for text in &spec.examples.no_match {
+                let folded = normalize(text);
+                if !set.find(folded.text()).is_empty() {
+                    failures.push(format!(
+                        "{} matches counter-example {:?}",
+                        spec.id,
+                        folded.text()
+                    ));
+                }
+                ran += 1;
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert!(ran >= 80, "only {ran} examples ran");
+    }
+
+    #[test]
+    fn refuses_bad_rules() {
+        let mut spec = builtin().rules[0].clone();
+        spec.keywords.clear();
+        assert!(matches!(
+            RuleSet::compile([&spec]),
+            Err(RuleError::Invalid { .. })
+        ));
+        let mut spec = builtin().rules[0].clone();
+        spec.pattern = "(".into();
+        assert!(matches!(
+            RuleSet::compile([&spec]),
+            Err(RuleError::Pattern { .. })
+        ));
+        let spec = builtin().rules[0].clone();
+        assert!(matches!(
+            RuleSet::compile([&spec, &spec]),
+            Err(RuleError::DuplicateId(_))
+        ));
+    }
+
+    #[test]
+    fn keyword_dense_input_stays_bounded() {
+        let set = RuleSet::compile(&builtin().rules).unwrap();
+        let text = "ignore ".repeat(200_000);
+        // Many hits, but matches per rule are capped.
+        let found = set.find(&text);
+        assert!(found.len() <= set.len() * MAX_MATCHES_PER_RULE);
+    }
+}

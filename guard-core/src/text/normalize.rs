@@ -1,0 +1,467 @@
+//! Normalization with an offset map back to the original text.
+//!
+//! Rules match a folded view of the text: NFKC, lower case, invisible and control characters
+//! removed, Cyrillic and Greek look-alikes inside Latin words folded, letters spaced apart joined,
+//! and whitespace runs collapsed to one space. Every byte of that view remembers the range of the
+//! original it came from, so a finding always points into the text the caller sent.
+
+use std::ops::Range;
+
+use unicode_normalization::char::canonical_combining_class;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::contract::Obfuscation;
+
+/// Flags for what was undone in a piece of the text.
+pub(crate) mod flag {
+    pub const INVISIBLE: u8 = 1;
+    pub const CONTROL: u8 = 1 << 1;
+    pub const COMPAT: u8 = 1 << 2;
+    pub const HOMOGLYPH: u8 = 1 << 3;
+    pub const SPACED: u8 = 1 << 4;
+}
+
+/// Longest word scanned ahead for mixed scripts; longer runs are not words.
+const MAX_WORD_SCAN: usize = 64;
+
+/// The folded view of one text and the map back to it.
+#[derive(Debug, Clone)]
+pub struct Normalized {
+    text: String,
+    pieces: Vec<Piece>,
+}
+
+/// A run of the folded text that came from one range of the original.
+///
+/// In a `linear` piece every folded byte sits at the same offset as its original byte (ASCII
+/// case folding, or bytes copied unchanged), so positions inside it map one to one.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    norm_start: usize,
+    orig_start: usize,
+    orig_end: usize,
+    linear: bool,
+    flags: u8,
+}
+
+impl Normalized {
+    /// The folded text that rules match.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The range of the original text that a range of the folded text came from.
+    pub fn original_range(&self, norm: Range<usize>) -> Range<usize> {
+        let (Some(first), Some(last)) = (
+            self.piece_at(norm.start),
+            self.piece_at(norm.end.saturating_sub(1).max(norm.start)),
+        ) else {
+            return 0..0;
+        };
+        let start = if first.linear {
+            (first.orig_start + (norm.start - first.norm_start)).min(first.orig_end)
+        } else {
+            first.orig_start
+        };
+        let end = if last.linear {
+            (last.orig_start + (norm.end.max(last.norm_start) - last.norm_start)).min(last.orig_end)
+        } else {
+            last.orig_end
+        };
+        start..end.max(start)
+    }
+
+    /// What was undone anywhere in a range of the folded text.
+    pub fn obfuscations_in(&self, norm: Range<usize>) -> Vec<Obfuscation> {
+        let first = self
+            .pieces
+            .partition_point(|p| p.norm_start <= norm.start)
+            .saturating_sub(1);
+        let flags = self
+            .pieces
+            .iter()
+            .skip(first)
+            .take_while(|p| p.norm_start < norm.end.max(norm.start + 1))
+            .fold(0u8, |acc, p| acc | p.flags);
+        flags_to_obfuscations(flags)
+    }
+
+    fn piece_at(&self, pos: usize) -> Option<&Piece> {
+        let index = self.pieces.partition_point(|p| p.norm_start <= pos);
+        self.pieces.get(index.checked_sub(1)?)
+    }
+}
+
+fn flags_to_obfuscations(flags: u8) -> Vec<Obfuscation> {
+    [
+        (flag::INVISIBLE, Obfuscation::InvisibleCharacters),
+        (flag::CONTROL, Obfuscation::ControlCharacters),
+        (flag::COMPAT, Obfuscation::CompatibilityForms),
+        (flag::HOMOGLYPH, Obfuscation::Homoglyphs),
+        (flag::SPACED, Obfuscation::SpacedLetters),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, o)| o)
+    .collect()
+}
+
+struct Builder {
+    text: String,
+    pieces: Vec<Piece>,
+    pending: u8,
+}
+
+impl Builder {
+    fn push(&mut self, norm: &str, orig: Range<usize>, linear: bool, flags: u8) {
+        if norm.is_empty() {
+            self.pending |= flags;
+            return;
+        }
+        let flags = flags | std::mem::take(&mut self.pending);
+        let norm_start = self.text.len();
+        self.text.push_str(norm);
+        if linear && flags == 0 {
+            if let Some(last) = self.pieces.last_mut() {
+                if last.linear
+                    && last.flags == 0
+                    && last.orig_end == orig.start
+                    && norm_start - last.norm_start == last.orig_end - last.orig_start
+                {
+                    last.orig_end = orig.end;
+                    return;
+                }
+            }
+        }
+        self.pieces.push(Piece {
+            norm_start,
+            orig_start: orig.start,
+            orig_end: orig.end,
+            linear,
+            flags,
+        });
+    }
+
+    fn mark(&mut self, flags: u8) {
+        self.pending |= flags;
+    }
+
+    fn finish(mut self) -> Normalized {
+        // Marks after the last piece belong to it: nothing follows them.
+        if self.pending != 0 {
+            if let Some(last) = self.pieces.last_mut() {
+                last.flags |= self.pending;
+            }
+        }
+        Normalized {
+            text: self.text,
+            pieces: self.pieces,
+        }
+    }
+}
+
+/// Zero-width, bidi, tag, variation-selector and filler characters: invisible to a reader.
+pub(crate) fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{E0000}'..='\u{E007F}'
+        | '\u{E0100}'..='\u{E01EF}')
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Script {
+    Latin,
+    CyrillicOrGreek,
+    Other,
+}
+
+fn script_of(c: char) -> Script {
+    match c {
+        'a'..='z' | 'A'..='Z' | '\u{00C0}'..='\u{024F}' => Script::Latin,
+        '\u{0370}'..='\u{03FF}' | '\u{0400}'..='\u{052F}' => Script::CyrillicOrGreek,
+        _ => Script::Other,
+    }
+}
+
+/// Cyrillic and Greek letters that render like a Latin letter.
+fn latin_look_alike(c: char) -> Option<char> {
+    Some(match c {
+        'а' | 'α' => 'a',
+        'А' | 'Α' => 'A',
+        'В' | 'Β' => 'B',
+        'ь' => 'b',
+        'с' | 'ϲ' => 'c',
+        'С' | 'Ϲ' => 'C',
+        'ԁ' => 'd',
+        'е' | 'ε' => 'e',
+        'Е' | 'Ε' => 'E',
+        'һ' => 'h',
+        'Н' | 'Η' => 'H',
+        'і' | 'ι' => 'i',
+        'І' | 'Ι' => 'I',
+        'ј' => 'j',
+        'Ј' => 'J',
+        'κ' | 'к' => 'k',
+        'К' | 'Κ' => 'K',
+        'ӏ' => 'l',
+        'М' | 'Μ' => 'M',
+        'Ν' => 'N',
+        'ν' => 'v',
+        'о' | 'ο' => 'o',
+        'О' | 'Ο' => 'O',
+        'р' | 'ρ' => 'p',
+        'Р' | 'Ρ' => 'P',
+        'ԛ' => 'q',
+        'ѕ' => 's',
+        'Ѕ' => 'S',
+        'Т' | 'Τ' => 'T',
+        'υ' => 'u',
+        'ԝ' => 'w',
+        'х' | 'χ' => 'x',
+        'Х' | 'Χ' => 'X',
+        'у' => 'y',
+        'У' | 'Υ' => 'Y',
+        'Ζ' => 'Z',
+        _ => return None,
+    })
+}
+
+/// Typographic quotes fold to ASCII so rules need one spelling.
+fn ascii_quote(c: char) -> Option<char> {
+    match c {
+        '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{2032}' | '\u{FF07}' => Some('\''),
+        '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{201F}' | '\u{2033}' | '\u{FF02}' => Some('"'),
+        _ => None,
+    }
+}
+
+fn char_at(text: &str, pos: usize) -> Option<char> {
+    text.get(pos..)?.chars().next()
+}
+
+/// Whether the word starting at `pos` mixes Latin with Cyrillic or Greek letters.
+fn word_mixes_scripts(text: &str, pos: usize) -> bool {
+    let Some(rest) = text.get(pos..) else {
+        return false;
+    };
+    let (mut latin, mut other) = (false, false);
+    for c in rest
+        .chars()
+        .filter(|c| !is_invisible(*c))
+        .take_while(|c| c.is_alphanumeric() || canonical_combining_class(*c) != 0)
+        .take(MAX_WORD_SCAN)
+    {
+        match script_of(c) {
+            Script::Latin => latin = true,
+            Script::CyrillicOrGreek => other = true,
+            Script::Other => {}
+        }
+    }
+    latin && other
+}
+
+/// If a one-letter word starts at `pos`, where it ends.
+fn single_letter_at(text: &str, pos: usize) -> Option<usize> {
+    let c = char_at(text, pos)?;
+    if !c.is_alphabetic() {
+        return None;
+    }
+    let mut end = pos + c.len_utf8();
+    while let Some(n) = char_at(text, end) {
+        if canonical_combining_class(n) == 0 {
+            break;
+        }
+        end += n.len_utf8();
+    }
+    match char_at(text, end) {
+        Some(n) if n.is_alphanumeric() => None,
+        _ => Some(end),
+    }
+}
+
+/// Whether a single space at `space` continues a run of spaced letters: the letter after it is a
+/// one-letter word, and so is the one after that.
+fn spaced_run_continues(text: &str, space: usize, run_started: bool) -> bool {
+    let Some(next_end) = single_letter_at(text, space + 1) else {
+        return false;
+    };
+    if run_started {
+        return true;
+    }
+    // Starting a run needs three letters in all, so "a test" and "x = y" stay as they are.
+    char_at(text, next_end) == Some(' ') && single_letter_at(text, next_end + 1).is_some()
+}
+
+/// Folds `original` for matching and keeps the way back.
+pub fn normalize(original: &str) -> Normalized {
+    let mut out = Builder {
+        text: String::with_capacity(original.len()),
+        pieces: Vec::new(),
+        pending: 0,
+    };
+    let mut pos = 0;
+    let mut in_word = false;
+    let mut fold_word = false;
+    let mut word_letters = 0usize;
+    let mut spaced_run = false;
+    let mut scratch = String::new();
+
+    while let Some(c) = char_at(original, pos) {
+        let clen = c.len_utf8();
+        if is_invisible(c) {
+            out.mark(flag::INVISIBLE);
+            pos += clen;
+            continue;
+        }
+        if c.is_whitespace() {
+            let mut end = pos;
+            while let Some(n) = char_at(original, end) {
+                if !(n.is_whitespace() || is_invisible(n)) {
+                    break;
+                }
+                end += n.len_utf8();
+            }
+            let single_space = c == ' ' && end == pos + 1;
+            let previous_was_letter = in_word && word_letters == 1;
+            in_word = false;
+            if single_space
+                && previous_was_letter
+                && spaced_run_continues(original, pos, spaced_run)
+            {
+                spaced_run = true;
+                out.mark(flag::SPACED);
+            } else {
+                spaced_run = false;
+                out.push(" ", pos..end, single_space, 0);
+            }
+            pos = end;
+            continue;
+        }
+        if c.is_control() {
+            out.mark(flag::CONTROL);
+            pos += clen;
+            continue;
+        }
+
+        let mut end = pos + clen;
+        while let Some(n) = char_at(original, end) {
+            if canonical_combining_class(n) == 0 || is_invisible(n) {
+                break;
+            }
+            end += n.len_utf8();
+        }
+        if c.is_alphanumeric() {
+            if !in_word {
+                in_word = true;
+                word_letters = 0;
+                fold_word = word_mixes_scripts(original, pos);
+            }
+            word_letters += 1;
+        } else {
+            in_word = false;
+            spaced_run = false;
+        }
+
+        let cluster = original.get(pos..end).unwrap_or_default();
+        if end - pos == 1 && c.is_ascii() {
+            let lower = c.to_ascii_lowercase();
+            let mut buf = [0u8; 4];
+            out.push(lower.encode_utf8(&mut buf), pos..end, true, 0);
+        } else {
+            scratch.clear();
+            let mut flags = 0;
+            for n in cluster.nfkc() {
+                let n = match (fold_word, latin_look_alike(n)) {
+                    (true, Some(latin)) => {
+                        flags |= flag::HOMOGLYPH;
+                        latin
+                    }
+                    _ => ascii_quote(n).unwrap_or(n),
+                };
+                scratch.extend(n.to_lowercase());
+            }
+            // Compatibility folding, not mere composition of a decomposed accent.
+            if cluster.nfkc().ne(cluster.nfc()) {
+                flags |= flag::COMPAT;
+            }
+            let linear = scratch.as_bytes() == cluster.as_bytes();
+            out.push(&scratch, pos..end, linear, flags);
+        }
+        pos = end;
+    }
+    out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folded(s: &str) -> String {
+        normalize(s).text().to_string()
+    }
+
+    #[test]
+    fn folds_case_space_and_compat_forms() {
+        assert_eq!(folded("Hello   World\n\tAgain"), "hello world again");
+        assert_eq!(folded("ＩＧＮＯＲＥ"), "ignore");
+        assert_eq!(folded("𝐢𝐠𝐧𝐨𝐫𝐞"), "ignore");
+        assert_eq!(folded("don’t"), "don't");
+    }
+
+    #[test]
+    fn removes_invisible_and_control_characters() {
+        let n = normalize("Ig\u{200B}nore pre\u{200D}vious\u{0007}!");
+        assert_eq!(n.text(), "ignore previous!");
+        assert_eq!(
+            n.obfuscations_in(0..n.text().len()),
+            vec![
+                Obfuscation::InvisibleCharacters,
+                Obfuscation::ControlCharacters
+            ]
+        );
+    }
+
+    #[test]
+    fn folds_look_alikes_only_in_mixed_words() {
+        // "Ignоre" has a Cyrillic о; "игнор" is plain Russian and must stay Russian.
+        assert_eq!(folded("Ignоre игнор"), "ignore игнор");
+        let n = normalize("Ignоre");
+        assert_eq!(n.obfuscations_in(0..6), vec![Obfuscation::Homoglyphs]);
+    }
+
+    #[test]
+    fn joins_spaced_letters_without_gluing_words() {
+        assert_eq!(
+            folded("I g n o r e   a l l   p r e v i o u s"),
+            "ignore all previous"
+        );
+        assert_eq!(folded("This is a test"), "this is a test");
+        assert_eq!(folded("x = y and a b"), "x = y and a b");
+    }
+
+    #[test]
+    fn maps_back_to_original_bytes() {
+        let original = "Say: Ｉgnore\u{200B} ALL";
+        let n = normalize(original);
+        let found = n.text().find("ignore").unwrap();
+        let range = n.original_range(found..found + "ignore".len());
+        assert_eq!(&original[range], "Ｉgnore");
+        let all = n.text().find("all").unwrap();
+        let range = n.original_range(all..all + 3);
+        assert_eq!(&original[range], "ALL");
+    }
+
+    #[test]
+    fn empty_and_whitespace_only() {
+        assert_eq!(folded(""), "");
+        assert_eq!(folded("   "), " ");
+        assert_eq!(normalize("").original_range(0..0), 0..0);
+    }
+}

@@ -1,0 +1,1 @@
+//! Cross-face tests live in `tests/`.
