@@ -1,0 +1,120 @@
+//! The `sigil` command line: one file per command group.
+
+mod demo;
+mod eval;
+mod keys;
+mod scan;
+mod serve;
+mod template;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use guard_core::time::Timestamp;
+
+use crate::engine::{EngineLimits, GuardEngine};
+
+/// Sigil guards the calls an application makes to a language model.
+#[derive(Debug, Parser)]
+#[command(name = "sigil", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Assess prompts for injection and jailbreak risk.
+    Scan(scan::ScanArgs),
+    /// Measure accuracy on labeled JSON Lines (`text`, `label` = attack or benign).
+    Eval(eval::EvalArgs),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Sign and verify prompt templates.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
+    /// Serve the HTTP API (`POST /v1/scan`, `GET /healthz`).
+    Serve(serve::ServeArgs),
+    /// Run the main job on the bundled samples: sign a template, verify it, guard prompts.
+    Demo(demo::DemoArgs),
+}
+
+/// Options shared by commands that run the guard.
+#[derive(Debug, Clone, clap::Args)]
+struct GuardOptions {
+    /// Policy file (JSON). Without it, the default policy.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// The time the guard is told it is (RFC 3339 UTC). Without it, the system clock.
+    #[arg(long, value_name = "RFC3339")]
+    now: Option<String>,
+}
+
+impl GuardOptions {
+    fn engine(&self) -> Result<GuardEngine> {
+        let policy = match &self.policy {
+            Some(path) => read_text(path, "policy")?,
+            None => "{}".to_string(),
+        };
+        GuardEngine::new(&policy, EngineLimits::default()).context("cannot start the guard")
+    }
+
+    fn now(&self) -> Result<String> {
+        match &self.now {
+            Some(now) => Ok(Timestamp::parse(now)?.to_string()),
+            None => Ok(now_utc()),
+        }
+    }
+}
+
+/// The system clock as RFC 3339 UTC, to the second.
+pub fn now_utc() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Timestamp::from_unix_seconds(i64::try_from(seconds).unwrap_or(i64::MAX)).to_string()
+}
+
+fn read_bytes(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} `{}`", path.display()))
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String> {
+    let bytes = read_bytes(path, what)?;
+    utf8(bytes, &format!("{what} `{}`", path.display()))
+}
+
+/// UTF-8 or a clear error naming where it breaks.
+fn utf8(bytes: Vec<u8>, what: &str) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} is not valid UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Parses the command line and runs it. Errors print and exit with 2.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Scan(args) => scan::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Keys(command) => keys::run(command),
+        Command::Template(command) => template::run(command),
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! `sigil scan`: text, a file, stdin, or JSON Lines.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use guard_core::AssessmentOutput;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{read_bytes, utf8, GuardOptions};
+use crate::engine::GuardEngine;
+
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// Text to scan. Without it (and without --file or --jsonl), standard input.
+    text: Option<String>,
+    /// Scan the contents of a file.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["text", "jsonl"])]
+    file: Option<PathBuf>,
+    /// Scan JSON Lines with a `text` field (`-` for standard input); one assessment per line.
+    #[arg(long, value_name = "PATH", conflicts_with = "text")]
+    jsonl: Option<PathBuf>,
+    /// Print guard-core's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    guard: GuardOptions,
+}
+
+/// The two halves of the guard's answer, kept as the exact bytes it wrote.
+#[derive(Deserialize)]
+struct RawOutput<'a> {
+    #[serde(borrow)]
+    assessment: &'a RawValue,
+}
+
+pub fn run(args: ScanArgs) -> Result<ExitCode> {
+    let engine = args.guard.engine()?;
+    let now = args.guard.now()?;
+    if let Some(path) = &args.jsonl {
+        return scan_jsonl(&engine, path, &now);
+    }
+    let text = match (&args.text, &args.file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => utf8(
+            read_bytes(path, "file")?,
+            &format!("file `{}`", path.display()),
+        )?,
+        (None, None) => {
+            let mut bytes = Vec::new();
+            io::stdin()
+                .lock()
+                .read_to_end(&mut bytes)
+                .context("cannot read standard input")?;
+            utf8(bytes, "standard input")?
+        }
+    };
+    let json = engine.assess_text(&text, &now)?;
+    let output: AssessmentOutput =
+        serde_json::from_str(&json).context("the guard's answer is not the contract's shape")?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        writeln!(out, "{json}")?;
+    } else {
+        print_table(&mut out, &output)?;
+    }
+    Ok(exit_code(output.assessment.action.stops()))
+}
+
+fn exit_code(stopped: bool) -> ExitCode {
+    if stopped {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+pub(super) fn print_table(out: &mut impl Write, output: &AssessmentOutput) -> io::Result<()> {
+    let a = &output.assessment;
+    writeln!(out, "level     {} (score {:.4})", a.level.as_str(), a.score)?;
+    writeln!(out, "action    {}", a.action.as_str())?;
+    writeln!(out, "why       {}", a.explanation.summary)?;
+    if a.findings.is_empty() {
+        writeln!(out, "findings  none")?;
+    } else {
+        writeln!(out, "findings  {}", a.findings.len())?;
+        for f in &a.findings {
+            let mut undone: Vec<String> = f
+                .obfuscations
+                .iter()
+                .map(|o| format!("{o:?}"))
+                .chain(f.encodings.iter().map(|e| format!("{e:?}")))
+                .collect();
+            undone.dedup();
+            let undone = if undone.is_empty() {
+                String::new()
+            } else {
+                format!(" [undid {}]", undone.join(", ").to_lowercase())
+            };
+            writeln!(
+                out,
+                "  {:<44} {:<25} {:.2}  seg {} bytes {}..{}{}",
+                f.id,
+                f.category.as_str(),
+                f.weight,
+                f.span.segment,
+                f.span.byte_start,
+                f.span.byte_end,
+                undone
+            )?;
+            writeln!(out, "      {:?}", f.excerpt)?;
+        }
+    }
+    for e in &a.errors {
+        writeln!(out, "note      {}: {}", e.code, e.message)?;
+    }
+    Ok(())
+}
+
+/// Only the action, to set the exit code without parsing the whole assessment.
+#[derive(Deserialize)]
+struct Decided {
+    action: guard_core::Action,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    text: Option<serde_json::Value>,
+}
+
+fn error_line(line: usize, code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"line": line, "code": code, "message": message}}).to_string()
+}
+
+/// One answer per input line, in order. A bad line gets an error object and the run goes on.
+///
+/// Exit code: 2 if any line could not be assessed, else 1 if any was stopped, else 0.
+fn scan_jsonl(engine: &GuardEngine, path: &PathBuf, now: &str) -> Result<ExitCode> {
+    let input: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(BufReader::new(io::stdin()))
+    } else {
+        Box::new(BufReader::new(
+            File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?,
+        ))
+    };
+    let mut out = BufWriter::new(io::stdout().lock());
+    let (mut stopped, mut failed) = (false, false);
+    let mut buffer = Vec::new();
+    let mut input = input;
+    let mut number = 0usize;
+    loop {
+        buffer.clear();
+        let read = input
+            .read_until(b'\n', &mut buffer)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        let line = match std::str::from_utf8(&buffer) {
+            Ok(line) => line.trim_end_matches(['\n', '\r']),
+            Err(e) => {
+                failed = true;
+                let message = format!(
+                    "not valid UTF-8 (invalid byte at offset {})",
+                    e.valid_up_to()
+                );
+                writeln!(out, "{}", error_line(number, "invalid_utf8", &message))?;
+                continue;
+            }
+        };
+        if line.trim().is_empty() {
+            failed = true;
+            writeln!(
+                out,
+                "{}",
+                error_line(number, "empty_line", "the line is empty")
+            )?;
+            continue;
+        }
+        let text = match serde_json::from_str::<Line>(line) {
+            Ok(Line {
+                text: Some(serde_json::Value::String(text)),
+            }) => text,
+            Ok(Line { text: Some(_) }) => {
+                failed = true;
+                writeln!(
+                    out,
+                    "{}",
+                    error_line(number, "invalid_text", "`text` is not a string")
+                )?;
+                continue;
+            }
+            Ok(Line { text: None }) => {
+                failed = true;
+                writeln!(
+                    out,
+                    "{}",
+                    error_line(number, "missing_text", "the object has no `text` field")
+                )?;
+                continue;
+            }
+            Err(e) => {
+                failed = true;
+                writeln!(
+                    out,
+                    "{}",
+                    error_line(number, "invalid_json", &e.to_string())
+                )?;
+                continue;
+            }
+        };
+        match engine.assess_text(&text, now) {
+            Ok(json) => {
+                let raw: RawOutput<'_> = serde_json::from_str(&json)
+                    .context("the guard's answer is not the contract's shape")?;
+                let decided: Decided = serde_json::from_str(raw.assessment.get())
+                    .context("the guard's answer is not the contract's shape")?;
+                stopped |= decided.action.stops();
+                writeln!(out, "{}", raw.assessment.get())?;
+            }
+            Err(e) => {
+                failed = true;
+                writeln!(out, "{}", error_line(number, e.code(), &e.to_string()))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        exit_code(stopped)
+    })
+}

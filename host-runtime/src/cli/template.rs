@@ -1,0 +1,181 @@
+//! `sigil template sign` and `sigil template verify`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use guard_core::time::Timestamp;
+
+use super::{now_utc, read_bytes, read_text};
+use crate::engine::{EngineLimits, GuardEngine, Scheme};
+use crate::signer::LocalSigner;
+use crate::template::{sign_template, SignRequest};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TemplateCommand {
+    /// Sign a template with a local key and write its DSSE envelope.
+    Sign(SignArgs),
+    /// Verify a template against its envelope and a pinned public key (inside the guard).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// The template file; its exact bytes are signed.
+    #[arg(long)]
+    template: PathBuf,
+    /// Private key (PKCS#8 PEM) from `sigil keys generate`.
+    #[arg(long)]
+    key: PathBuf,
+    /// Template id: lowercase letters, digits and `-_./`.
+    #[arg(long)]
+    id: String,
+    /// Version, from 1.
+    #[arg(long, default_value_t = 1)]
+    version: u64,
+    /// Variable schema (JSON). Without it, `{}`.
+    #[arg(long, value_name = "FILE")]
+    variables: Option<PathBuf>,
+    /// The previous version's template file (required after version 1).
+    #[arg(long, value_name = "FILE", conflicts_with = "prev_digest")]
+    prev: Option<PathBuf>,
+    /// The previous version's template digest, hex SHA-256.
+    #[arg(long, value_name = "HEX")]
+    prev_digest: Option<String>,
+    /// Who signs.
+    #[arg(long, default_value = "local-dev")]
+    signer: String,
+    /// Days the signature stays valid.
+    #[arg(long, default_value_t = 365)]
+    valid_days: u32,
+    /// Hex SHA-256 of the validation report, if a pipeline ran.
+    #[arg(long, value_name = "HEX")]
+    validation_digest: Option<String>,
+    /// Where to write the envelope. Without it, standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The template file.
+    #[arg(long)]
+    template: PathBuf,
+    /// The envelope (JSON).
+    #[arg(long)]
+    envelope: PathBuf,
+    /// The pinned public key, SPKI PEM or DER.
+    #[arg(long)]
+    public_key: PathBuf,
+    /// The key's scheme.
+    #[arg(long, value_enum, default_value_t = SchemeArg::RsassaPkcs1v15Sha256)]
+    scheme: SchemeArg,
+    /// The time to check validity at (RFC 3339 UTC). Without it, the system clock.
+    #[arg(long)]
+    now: Option<String>,
+    /// Print the verification report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SchemeArg {
+    RsassaPkcs1v15Sha256,
+    RsassaPssSha256,
+}
+
+pub fn run(command: TemplateCommand) -> Result<ExitCode> {
+    match command {
+        TemplateCommand::Sign(args) => sign(args),
+        TemplateCommand::Verify(args) => verify(args),
+    }
+}
+
+fn sign(args: SignArgs) -> Result<ExitCode> {
+    let template = read_bytes(&args.template, "template")?;
+    let signer = LocalSigner::from_pem_file(&args.key)?;
+    let schema: serde_json::Value = match &args.variables {
+        Some(path) => serde_json::from_str(&read_text(path, "variable schema")?)
+            .with_context(|| format!("variable schema `{}` is not JSON", path.display()))?,
+        None => serde_json::json!({}),
+    };
+    let prev_digest = match (&args.prev, &args.prev_digest) {
+        (Some(path), _) => Some(guard_core::provenance::sha256_hex(&read_bytes(
+            path,
+            "previous template",
+        )?)),
+        (None, Some(hex)) => Some(hex.clone()),
+        (None, None) => None,
+    };
+    let signed_at = Timestamp::parse(&now_utc())?;
+    let not_after = Timestamp::from_unix_seconds(
+        signed_at.unix_seconds() + i64::from(args.valid_days.max(1)) * 86_400,
+    );
+    let request = SignRequest {
+        template_id: &args.id,
+        version: args.version,
+        template: &template,
+        variables_schema: &schema,
+        prev_digest,
+        signer: &args.signer,
+        signed_at,
+        not_after,
+        validation_digest: args.validation_digest.clone(),
+    };
+    let envelope = sign_template(&request, &signer)?;
+    let json = serde_json::to_string_pretty(&envelope)?;
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, format!("{json}\n"))
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+            eprintln!(
+                "signed `{}` v{} -> {}",
+                args.id,
+                args.version,
+                path.display()
+            );
+        }
+        None => println!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    let template = read_bytes(&args.template, "template")?;
+    let envelope = read_bytes(&args.envelope, "envelope")?;
+    let key = read_bytes(&args.public_key, "public key")?;
+    let now = match &args.now {
+        Some(now) => now.clone(),
+        None => now_utc(),
+    };
+    let scheme = match args.scheme {
+        SchemeArg::RsassaPkcs1v15Sha256 => Scheme::RsassaPkcs1v15Sha256,
+        SchemeArg::RsassaPssSha256 => Scheme::RsassaPssSha256,
+    };
+    let engine = GuardEngine::new("{}", EngineLimits::default())?;
+    match engine.verify_template(&envelope, &template, &key, scheme, Some(&now))? {
+        Ok(report) => {
+            if args.json {
+                println!("{report}");
+            } else {
+                let r: guard_core::VerificationReport = serde_json::from_str(&report)?;
+                println!("verified     {} v{}", r.template_id, r.version);
+                println!("digest       sha256:{}", r.digest);
+                println!("key          {}", r.key_fingerprint);
+                println!("signer       {} at {}", r.signer, r.signed_at);
+                println!("valid until  {}", r.not_after);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refusal) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"verified": false, "code": refusal.code, "message": refusal.message})
+                );
+            }
+            eprintln!("refused ({}): {}", refusal.code, refusal.message);
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The host side of Sigil: runs the guard module under wasmtime and does what a sandbox cannot,
+//! signing templates and serving HTTP.
+//!
+//! Every decision (assessment, template verification) is made inside the wasm guard through
+//! [`engine::GuardEngine`]; this crate reads files, holds keys and talks to the network.
+
+pub mod cli;
+pub mod engine;
+pub mod service;
+pub mod signer;
+pub mod template;
