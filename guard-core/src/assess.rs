@@ -173,13 +173,25 @@ fn scan_segment(guard: &Guard, index: usize, text: &str) -> Vec<Finding> {
             encodings: Vec::new(),
         });
     }
-    let (payloads, _stopped) = decode::base64_payloads(text);
-    for payload in payloads {
+    let (base64, _limited) = decode::base64_payloads(text);
+    let derived = base64.into_iter().map(|d| (d, Encoding::Base64)).chain(
+        decode::split_payloads(text)
+            .into_iter()
+            .map(|d| (d, Encoding::Concatenation)),
+    );
+    for (payload, encoding) in derived {
         let folded = normalize(&payload.text);
         for m in guard.rules.find(folded.text()) {
             let Some(rule) = guard.rules.rules().get(m.rule) else {
                 continue;
             };
+            // The same rule on the same span from another reading adds nothing.
+            if out
+                .iter()
+                .any(|f| f.id == rule.id && f.span.byte_start == payload.range.start)
+            {
+                continue;
+            }
             out.push(Finding {
                 id: rule.id.clone(),
                 category: rule.category,
@@ -188,7 +200,7 @@ fn scan_segment(guard: &Guard, index: usize, text: &str) -> Vec<Finding> {
                 excerpt: text::excerpt(text, payload.range.start, payload.range.end),
                 span: span(index, payload.range.clone()),
                 obfuscations: folded.obfuscations_in(m.range),
-                encodings: vec![Encoding::Base64],
+                encodings: vec![encoding],
             });
         }
     }

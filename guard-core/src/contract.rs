@@ -330,6 +330,8 @@ pub enum Obfuscation {
 pub enum Encoding {
     /// Standard or URL-safe base64.
     Base64,
+    /// A payload split into quoted pieces, joined again.
+    Concatenation,
 }
 
 /// A behaviour signal about the user.

@@ -51,6 +51,9 @@ impl Normalized {
     }
 
     /// The range of the original text that a range of the folded text came from.
+    ///
+    /// Both ends of `norm` must be character boundaries of the folded text (rule matches are);
+    /// the result is then a pair of character boundaries of the original.
     pub fn original_range(&self, norm: Range<usize>) -> Range<usize> {
         let (Some(first), Some(last)) = (
             self.piece_at(norm.start),

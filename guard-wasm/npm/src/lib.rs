@@ -1,1 +1,203 @@
+//! guard-core for JavaScript. Translation only: every decision is guard-core's and every answer
+//! is guard-core's own JSON string, byte for byte what the other faces return.
+//!
+//! JavaScript strings may hold lone surrogates, which UTF-8 cannot. They are refused with a
+//! typed error rather than silently replaced, so what is assessed is what was sent.
 
+// wasm-bindgen's generated glue is unsafe; this crate writes none by hand.
+#![allow(unsafe_code)]
+
+use guard_core::{AssessmentInput, PinnedKey, Scheme};
+use js_sys::{Array, JsString, Reflect};
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** One piece of a prompt. */
+export interface Segment {
+  text: string;
+  trust: "trusted" | "untrusted";
+  role?: "system" | "user" | "assistant" | "tool" | "document";
+  source?: string;
+}
+/** Who sends the prompt, and when (RFC 3339 UTC). */
+export interface Context {
+  tenant?: string;
+  user?: string;
+  now: string;
+  profile?: Profile;
+}
+export interface AssessmentInput {
+  segments: Segment[];
+  context: Context;
+}
+export type Level = "very_low" | "low" | "medium" | "high" | "critical";
+export type Action = "allow" | "warn" | "quarantine" | "block";
+export interface Span {
+  segment: number;
+  byte_start: number;
+  byte_end: number;
+  utf16_start: number;
+  utf16_end: number;
+}
+export interface Finding {
+  id: string;
+  category: string;
+  source: "rule" | "model" | "behaviour";
+  weight: number;
+  span: Span;
+  excerpt: string;
+  obfuscations: string[];
+  encodings: string[];
+}
+export interface Explanation {
+  level: Level;
+  threshold: number | null;
+  next_threshold: number | null;
+  contributions: { id: string; weight: number }[];
+  summary: string;
+}
+export interface Assessment {
+  score: number;
+  level: Level;
+  action: Action;
+  findings: Finding[];
+  signals: { id: string; weight: number; detail: string }[];
+  explanation: Explanation;
+  errors: { code: string; message: string; segment?: number }[];
+}
+export interface Profile {
+  version: number;
+  assessments: number;
+  stopped: number;
+  elevated: number;
+  last_seen: string | null;
+  last_level: Level | null;
+}
+export interface AssessmentOutput {
+  assessment: Assessment;
+  profile: Profile;
+}
+export type Scheme = "rsassa-pkcs1v15-sha256" | "rsassa-pss-sha256";
+"#;
+
+/// An `Error` with a stable `code` property.
+fn error(code: &str, message: &str) -> JsValue {
+    let e = js_sys::Error::new(message);
+    // Setting a property on a fresh Error cannot fail.
+    let _ = Reflect::set(&e, &JsValue::from_str("code"), &JsValue::from_str(code));
+    e.into()
+}
+
+/// Refuses texts with lone surrogates, naming the segment.
+fn check_segments(input: &JsValue) -> Result<(), JsValue> {
+    let Ok(segments) = Reflect::get(input, &JsValue::from_str("segments")) else {
+        return Ok(());
+    };
+    if !Array::is_array(&segments) {
+        return Ok(());
+    }
+    for (index, segment) in Array::from(&segments).iter().enumerate() {
+        let text = Reflect::get(&segment, &JsValue::from_str("text")).unwrap_or(JsValue::UNDEFINED);
+        if let Some(text) = text.dyn_ref::<JsString>() {
+            if !text.is_valid_utf16() {
+                return Err(error(
+                    "lone_surrogate",
+                    &format!("segment {index}: text has a lone surrogate and is not valid Unicode"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A compiled policy. Build once, assess many times.
+#[wasm_bindgen]
+pub struct Guard {
+    inner: guard_core::Guard,
+}
+
+#[wasm_bindgen]
+impl Guard {
+    /// Compiles a policy given as JSON (`{}` or nothing for the default).
+    #[wasm_bindgen(constructor)]
+    pub fn new(policy_json: Option<String>) -> Result<Guard, JsValue> {
+        let json = policy_json.unwrap_or_else(|| "{}".to_string());
+        let inner = guard_core::Guard::from_policy_json(&json)
+            .map_err(|e| error("invalid_policy", &e.to_string()))?;
+        Ok(Guard { inner })
+    }
+
+    /// Assesses `{segments, context}`; returns the `AssessmentOutput` as a JSON string.
+    pub fn assess(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "AssessmentInput")] input: JsValue,
+    ) -> Result<String, JsValue> {
+        check_segments(&input)?;
+        let input: AssessmentInput = serde_wasm_bindgen::from_value(input).map_err(|e| {
+            error(
+                "invalid_input",
+                &format!("assessment input is malformed: {e}"),
+            )
+        })?;
+        Ok(self.inner.assess(&input).to_json())
+    }
+
+    /// Assesses a request given as JSON text; returns the `AssessmentOutput` as a JSON string.
+    #[wasm_bindgen(js_name = assessJson)]
+    pub fn assess_json(&self, request: &str) -> Result<String, JsValue> {
+        self.inner
+            .assess_json(request)
+            .map_err(|e| error("invalid_input", &e.to_string()))
+    }
+
+    /// Assesses plain text as one untrusted segment.
+    #[wasm_bindgen(js_name = assessText)]
+    pub fn assess_text(&self, text: JsString, now: &str) -> Result<String, JsValue> {
+        if !text.is_valid_utf16() {
+            return Err(error(
+                "lone_surrogate",
+                "text has a lone surrogate and is not valid Unicode",
+            ));
+        }
+        let text = String::from(text);
+        Ok(self
+            .inner
+            .assess(&AssessmentInput::from_text(text, now))
+            .to_json())
+    }
+
+    /// Number of rules the compiled policy runs.
+    #[wasm_bindgen(getter, js_name = ruleCount)]
+    pub fn rule_count(&self) -> usize {
+        self.inner.rule_count()
+    }
+}
+
+/// Verifies a signed template against a pinned SPKI public key (PEM text or DER bytes).
+///
+/// Returns the verification report as JSON; throws an `Error` with a `code` on refusal.
+#[wasm_bindgen(js_name = verifyTemplate)]
+pub fn verify_template(
+    envelope: &[u8],
+    template: &[u8],
+    public_key: &[u8],
+    #[wasm_bindgen(unchecked_param_type = "Scheme | undefined")] scheme: Option<String>,
+    now: Option<String>,
+) -> Result<String, JsValue> {
+    let scheme = match scheme.as_deref() {
+        None | Some("rsassa-pkcs1v15-sha256") => Scheme::RsassaPkcs1v15Sha256,
+        Some("rsassa-pss-sha256") => Scheme::RsassaPssSha256,
+        Some(other) => {
+            return Err(error(
+                "invalid_scheme",
+                &format!("unknown scheme `{other}`"),
+            ))
+        }
+    };
+    let refuse = |e: guard_core::VerifyError| error(e.code(), &e.to_string());
+    let key = PinnedKey::from_spki(public_key, scheme).map_err(refuse)?;
+    let verified =
+        guard_core::verify_template(envelope, template, &key, now.as_deref()).map_err(refuse)?;
+    serde_json::to_string(&verified.report()).map_err(|e| error("internal", &e.to_string()))
+}

@@ -1,0 +1,103 @@
+//! The template verification vectors, natively.
+
+use guard_core::{verify_template, PinnedKey, Scheme};
+use serde::Deserialize;
+
+use crate::workspace;
+
+#[derive(Deserialize)]
+struct Vectors {
+    vectors: Vec<Vector>,
+}
+
+#[derive(Deserialize)]
+struct Vector {
+    name: String,
+    envelope: String,
+    template: String,
+    key: String,
+    scheme: Scheme,
+    now: String,
+    expect: String,
+}
+
+fn verify(v: &Vector) -> Result<String, String> {
+    let dir = workspace().join("tests/vectors/templates");
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let key = PinnedKey::from_spki(&read(&v.key), v.scheme).map_err(|e| e.code().to_string())?;
+    verify_template(&read(&v.envelope), &read(&v.template), &key, Some(&v.now))
+        .map(|t| t.statement().template_id.clone())
+        .map_err(|e| e.code().to_string())
+}
+
+#[test]
+fn every_vector_gives_its_expected_result() {
+    let text =
+        std::fs::read_to_string(workspace().join("tests/vectors/templates/vectors.json")).unwrap();
+    let vectors: Vectors = serde_json::from_str(&text).unwrap();
+    let mut ran = 0;
+    for v in &vectors.vectors {
+        let got = match verify(v) {
+            Ok(_) => "ok".to_string(),
+            Err(code) => code,
+        };
+        assert_eq!(got, v.expect, "vector `{}`", v.name);
+        ran += 1;
+    }
+    assert!(ran >= 20, "only {ran} vectors ran");
+}
+
+#[test]
+fn verified_template_carries_the_signed_statement() {
+    let dir = workspace().join("tests/vectors/templates");
+    let key = PinnedKey::from_spki(
+        &std::fs::read(dir.join("signer.pub.pem")).unwrap(),
+        Scheme::RsassaPkcs1v15Sha256,
+    )
+    .unwrap();
+    let der_key = PinnedKey::from_spki(
+        &std::fs::read(dir.join("signer.pub.der")).unwrap(),
+        Scheme::RsassaPkcs1v15Sha256,
+    )
+    .unwrap();
+    // PEM and DER of one key have one fingerprint.
+    assert_eq!(key.fingerprint(), der_key.fingerprint());
+    let template = std::fs::read(dir.join("template.txt")).unwrap();
+    let t = verify_template(
+        &std::fs::read(dir.join("envelope.json")).unwrap(),
+        &template,
+        &key,
+        None,
+    )
+    .unwrap();
+    assert_eq!(t.statement().template_id, "demo/support");
+    assert_eq!(t.statement().version, 1);
+    assert_eq!(t.text().as_bytes(), template.as_slice());
+    assert_eq!(t.key_fingerprint(), key.fingerprint());
+}
+
+#[test]
+fn every_truncation_of_a_signature_is_refused() {
+    let dir = workspace().join("tests/vectors/templates");
+    let key = PinnedKey::from_spki(
+        &std::fs::read(dir.join("signer.pub.pem")).unwrap(),
+        Scheme::RsassaPkcs1v15Sha256,
+    )
+    .unwrap();
+    let template = std::fs::read(dir.join("template.txt")).unwrap();
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("envelope.json")).unwrap()).unwrap();
+    let sig = envelope["signatures"][0]["sig"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for cut in (0..sig.len()).step_by(7) {
+        let mut e = envelope.clone();
+        e["signatures"][0]["sig"] = serde_json::Value::String(sig[..cut].to_string());
+        let result = verify_template(e.to_string().as_bytes(), &template, &key, None);
+        assert!(
+            result.is_err(),
+            "signature cut to {cut} characters verified"
+        );
+    }
+}
