@@ -23,6 +23,9 @@ use bindings::{Guard as GuardBindings, GuardError, GuardPre};
 /// The guard component, built from `guard-wasm/component` when this crate was built.
 pub static GUARD_WASM: &[u8] = include_bytes!(env!("SIGIL_GUARD_WASM_PATH"));
 
+/// Fuel for compiling the policy when an instance is made: a fixed cost, not the callers'.
+const INIT_FUEL: u64 = 20_000_000_000;
+
 /// Bounds on each call into the guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineLimits {
@@ -210,7 +213,7 @@ impl GuardEngine {
         store.limiter(|state| &mut state.limits);
         store
             .set_fuel(
-                self.limits.fuel_base.saturating_add(
+                INIT_FUEL.saturating_add(
                     self.limits
                         .fuel_per_byte
                         .saturating_mul(self.policy_json.len() as u64),

@@ -1,0 +1,15 @@
+//! host-runtime's integration tests: the engine under wasmtime, the HTTP service, the binary.
+
+mod cli;
+mod engine;
+mod service;
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A fixed time for assessments.
+pub const NOW: &str = "2026-12-03T12:00:00Z";
