@@ -1,0 +1,152 @@
+//! Medians of the hot paths, natively and inside wasmtime, in one run:
+//! `cargo bench --package sigil-tests --bench guard`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use guard_core::{AssessmentInput, Guard, PinnedKey, Policy, Scheme};
+use host_runtime::engine::{EngineLimits, GuardEngine, Scheme as WitScheme};
+use sigil_tests::{prompt_1kib, workspace, NOW};
+
+/// Median time of one call, from `samples` batches each long enough to time reliably.
+fn median(samples: usize, mut f: impl FnMut()) -> Duration {
+    for _ in 0..50 {
+        f();
+    }
+    let start = Instant::now();
+    let mut calibrate = 0u32;
+    while start.elapsed() < Duration::from_millis(20) {
+        f();
+        calibrate += 1;
+    }
+    let batch = calibrate.max(1);
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            t.elapsed() / batch
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let samples = 31;
+    let prompt = prompt_1kib();
+    let benign: String =
+        "Please summarise the attached quarterly report for the board in five bullet points. "
+            .repeat(13)[..1024]
+            .to_string();
+    let native = Guard::new(Policy::default()).unwrap();
+    let engine = GuardEngine::new("{}", EngineLimits::default()).unwrap();
+    let attack_input = AssessmentInput::from_text(prompt.clone(), NOW);
+    let benign_input = AssessmentInput::from_text(benign.clone(), NOW);
+
+    let dir = workspace().join("tests/vectors/templates");
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let (envelope, template, key_pem) = (
+        read("envelope.json"),
+        read("template.txt"),
+        read("signer.pub.pem"),
+    );
+    let key = PinnedKey::from_spki(&key_pem, Scheme::RsassaPkcs1v15Sha256).unwrap();
+    let (pss_envelope, pss_template, pss_key_pem) = (
+        read("envelope-v2-pss.json"),
+        read("template-v2.txt"),
+        read("pss.pub.pem"),
+    );
+    let pss_key = PinnedKey::from_spki(&pss_key_pem, Scheme::RsassaPssSha256).unwrap();
+
+    let rows = [
+        (
+            "assess, 1 KiB prompt with an injection",
+            median(samples, || {
+                black_box(native.assess(black_box(&attack_input)).to_json());
+            }),
+            median(samples, || {
+                black_box(engine.assess_text(black_box(&prompt), NOW).unwrap());
+            }),
+        ),
+        (
+            "assess, 1 KiB benign prompt",
+            median(samples, || {
+                black_box(native.assess(black_box(&benign_input)).to_json());
+            }),
+            median(samples, || {
+                black_box(engine.assess_text(black_box(&benign), NOW).unwrap());
+            }),
+        ),
+        (
+            "verify template, RSA-2048 PKCS#1 v1.5 (key parsed once)",
+            median(samples, || {
+                black_box(
+                    guard_core::verify_template(&envelope, &template, &key, Some(NOW)).unwrap(),
+                );
+            }),
+            median(samples, || {
+                black_box(
+                    engine
+                        .verify_template(
+                            &envelope,
+                            &template,
+                            &key_pem,
+                            WitScheme::RsassaPkcs1v15Sha256,
+                            Some(NOW),
+                        )
+                        .unwrap()
+                        .unwrap(),
+                );
+            }),
+        ),
+        (
+            "verify template, RSA-3072 PSS (key parsed once)",
+            median(samples, || {
+                black_box(
+                    guard_core::verify_template(&pss_envelope, &pss_template, &pss_key, Some(NOW))
+                        .unwrap(),
+                );
+            }),
+            median(samples, || {
+                black_box(
+                    engine
+                        .verify_template(
+                            &pss_envelope,
+                            &pss_template,
+                            &pss_key_pem,
+                            WitScheme::RsassaPssSha256,
+                            Some(NOW),
+                        )
+                        .unwrap()
+                        .unwrap(),
+                );
+            }),
+        ),
+    ];
+    let guard_new = median(9, || {
+        black_box(Guard::new(Policy::default()).unwrap());
+    });
+
+    println!("| operation | native median | wasmtime median | wasm / native |");
+    println!("|---|---|---|---|");
+    for (name, n, w) in rows {
+        println!(
+            "| {name} | {} | {} | {:.2}× |",
+            micros(n),
+            micros(w),
+            w.as_secs_f64() / n.as_secs_f64()
+        );
+    }
+    println!(
+        "\ncompiling the default policy (Guard::new), native: {}",
+        micros(guard_new)
+    );
+    println!("wasmtime figures include the host call: copying the input in, fuel accounting, the JSON answer out; \
+              verification under wasmtime also parses the PEM key on each call.");
+}

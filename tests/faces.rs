@@ -1,0 +1,115 @@
+//! One contract, three faces: guard-core natively, the component under wasmtime (typed and JSON
+//! entry points) and the npm package in Node must return byte-identical JSON.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use guard_core::{AssessmentInput, Guard, Policy};
+use host_runtime::engine::{Context, EngineLimits, GuardEngine, Role, Segment, Trust};
+use sigil_tests::{shared_inputs, workspace};
+
+fn wit_segment(s: &guard_core::Segment) -> Segment {
+    Segment {
+        text: s.text.clone(),
+        trust: match s.trust {
+            guard_core::Trust::Trusted => Trust::Trusted,
+            guard_core::Trust::Untrusted => Trust::Untrusted,
+        },
+        role: s.role.map(|r| match r {
+            guard_core::Role::System => Role::System,
+            guard_core::Role::User => Role::User,
+            guard_core::Role::Assistant => Role::Assistant,
+            guard_core::Role::Tool => Role::Tool,
+            guard_core::Role::Document => Role::Document,
+        }),
+        source: s.source.clone(),
+    }
+}
+
+fn wit_context(c: &guard_core::Context) -> Context {
+    Context {
+        tenant: c.tenant.clone(),
+        user: c.user.clone(),
+        now: c.now.clone(),
+        profile: c
+            .profile
+            .as_ref()
+            .map(|p| serde_json::to_string(p).unwrap()),
+    }
+}
+
+fn node_answers(requests: &[String]) -> Vec<String> {
+    let script = workspace().join("tests/node/assess-lines.cjs");
+    let pkg = workspace().join("guard-wasm/npm/pkg/node/sigil_guard.js");
+    assert!(
+        pkg.is_file(),
+        "the npm package is not built at {}; `scripts/test` builds it (scripts/build-npm)",
+        pkg.display()
+    );
+    let mut child = Command::new("node")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node must be on PATH for the cross-face test");
+    let mut stdin = child.stdin.take().unwrap();
+    let body = requests.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(body.as_bytes()).unwrap());
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn native_wasmtime_and_node_give_byte_identical_json() {
+    let inputs: Vec<AssessmentInput> = shared_inputs(400);
+    let native = Guard::new(Policy::default()).unwrap();
+    let engine = GuardEngine::new("{}", EngineLimits::default()).unwrap();
+    let requests: Vec<String> = inputs
+        .iter()
+        .map(|i| serde_json::to_string(i).unwrap())
+        .collect();
+    let node = node_answers(&requests);
+    assert_eq!(
+        node.len(),
+        inputs.len(),
+        "node answered {} of {}",
+        node.len(),
+        inputs.len()
+    );
+
+    let mut stopped = 0;
+    for ((input, request), from_node) in inputs.iter().zip(&requests).zip(&node) {
+        let expected = native.assess(input).to_json();
+        let segments: Vec<Segment> = input.segments.iter().map(wit_segment).collect();
+        let typed = engine
+            .assess(&segments, &wit_context(&input.context))
+            .unwrap();
+        let from_json = engine.assess_json(request).unwrap();
+        assert_eq!(
+            typed, expected,
+            "wasmtime (typed) differs for {request:.120}"
+        );
+        assert_eq!(
+            from_json, expected,
+            "wasmtime (JSON) differs for {request:.120}"
+        );
+        assert_eq!(from_node, &expected, "node differs for {request:.120}");
+        stopped += usize::from(
+            expected.contains("\"action\":\"block\"")
+                || expected.contains("\"action\":\"quarantine\""),
+        );
+    }
+    // Enough inputs ran, and both decisions were exercised.
+    assert!(inputs.len() >= 400 + 18, "only {} inputs", inputs.len());
+    assert!(
+        stopped > 20 && stopped < inputs.len() - 20,
+        "{stopped} of {} stopped",
+        inputs.len()
+    );
+}
