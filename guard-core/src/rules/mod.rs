@@ -17,9 +17,9 @@ use crate::contract::Category;
 pub const BUILTIN_PACK: &str = include_str!("../../rules/core.json");
 
 /// Bytes before a keyword hit that a match may start at.
-pub const WINDOW_BEFORE: usize = 240;
+pub const WINDOW_BEFORE: usize = 160;
 /// Bytes after a keyword hit that a match may end at.
-pub const WINDOW_AFTER: usize = 720;
+pub const WINDOW_AFTER: usize = 400;
 /// Matches kept per rule and text; more add nothing to the score.
 const MAX_MATCHES_PER_RULE: usize = 8;
 
@@ -47,7 +47,8 @@ pub struct RuleSpec {
     pub weight: f64,
     /// What technique the rule describes.
     pub description: String,
-    /// Lower-case literals; a match contains at least one.
+    /// Lower-case literals of the folded text; every match contains at least one. Spaces count
+    /// (`" dan"` does not hit `abundant`).
     pub keywords: Vec<String>,
     /// A `regex-lite` pattern over the folded text.
     pub pattern: String,
@@ -161,11 +162,9 @@ impl RuleSet {
             if spec
                 .keywords
                 .iter()
-                .any(|k| k.is_empty() || k.to_lowercase() != *k || k.trim() != k)
+                .any(|k| k.trim().is_empty() || k.to_lowercase() != *k)
             {
-                return Err(invalid(
-                    "keywords must be non-empty, lower case and trimmed",
-                ));
+                return Err(invalid("keywords must be lower case and not blank"));
             }
             let regex = Regex::new(&spec.pattern).map_err(|e| RuleError::Pattern {
                 id: spec.id.clone(),
