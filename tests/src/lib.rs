@@ -1,5 +1,13 @@
 //! Inputs shared by the cross-face tests and the benchmarks.
 
+// Test support: a missing fixture should fail the test run loudly.
+#![allow(
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use std::path::PathBuf;
 
 use guard_core::{AssessmentInput, Context, Profile, Segment, Trust};

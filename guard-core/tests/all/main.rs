@@ -1,5 +1,13 @@
 //! guard-core's integration tests: one binary, one module per concern.
 
+// Tests fail loudly: unwrapping and indexing are how a test says what it expects.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod cases;
 mod hostile;
 mod properties;

@@ -135,7 +135,7 @@ fn jsonl_answers_every_line_in_order_and_survives_bad_lines() {
         .collect();
     assert_eq!(lines.len(), 7);
     assert!(lines[0]["action"] == "block" || lines[0]["action"] == "quarantine");
-    assert!(lines[0]["findings"].as_array().unwrap().len() >= 1);
+    assert!(!lines[0]["findings"].as_array().unwrap().is_empty());
     let codes: Vec<&str> = lines[1..6]
         .iter()
         .map(|l| l["error"]["code"].as_str().unwrap())

@@ -1,5 +1,13 @@
 //! host-runtime's integration tests: the engine under wasmtime, the HTTP service, the binary.
 
+// Tests fail loudly: unwrapping and indexing are how a test says what it expects.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod cli;
 mod engine;
 mod service;
