@@ -254,6 +254,15 @@ fn word_mixes_scripts(text: &str, pos: usize) -> bool {
     let Some(rest) = text.get(pos..) else {
         return false;
     };
+    // Most words are ASCII to their end: no look-alikes, and no need to decode characters.
+    let ascii_word = rest.bytes().position(|b| !b.is_ascii_alphanumeric());
+    if rest
+        .as_bytes()
+        .get(ascii_word.unwrap_or(rest.len()))
+        .is_none_or(u8::is_ascii)
+    {
+        return false;
+    }
     let (mut latin, mut other) = (false, false);
     for c in rest
         .chars()
@@ -316,7 +325,35 @@ pub fn normalize(original: &str) -> Normalized {
     let mut spaced_run = false;
     let mut scratch = String::new();
 
-    while let Some(c) = char_at(original, pos) {
+    let bytes = original.as_bytes();
+    while let Some(&byte) = bytes.get(pos) {
+        // Fast path: a printable ASCII character not followed by a combining mark (which is never
+        // ASCII) folds to its lower case on its own.
+        if byte.is_ascii_graphic() && bytes.get(pos + 1).is_none_or(u8::is_ascii) {
+            if byte.is_ascii_alphanumeric() {
+                if !in_word {
+                    in_word = true;
+                    word_letters = 0;
+                    fold_word = word_mixes_scripts(original, pos);
+                }
+                word_letters += 1;
+            } else {
+                in_word = false;
+                spaced_run = false;
+            }
+            let lower = [byte.to_ascii_lowercase()];
+            out.push(
+                std::str::from_utf8(&lower).unwrap_or_default(),
+                pos..pos + 1,
+                true,
+                0,
+            );
+            pos += 1;
+            continue;
+        }
+        let Some(c) = char_at(original, pos) else {
+            break;
+        };
         let clen = c.len_utf8();
         if is_invisible(c) {
             out.mark(flag::INVISIBLE);
