@@ -8,7 +8,7 @@ use crate::contract::{
     Span, ToleratedError, Trust,
 };
 use crate::risk;
-use crate::text::{self, decode, normalize};
+use crate::text::{self, decode, floor_char_boundary, normalize};
 use crate::time::Timestamp;
 use crate::Guard;
 
@@ -237,12 +237,4 @@ fn fill_utf16(text: &str, findings: &mut [Finding]) {
             f.span.utf16_end = *end;
         }
     }
-}
-
-fn floor_char_boundary(text: &str, mut at: usize) -> usize {
-    at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
 }

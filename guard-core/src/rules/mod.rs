@@ -12,6 +12,7 @@ use regex_lite::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::Category;
+use crate::text::{ceil_char_boundary, floor_char_boundary};
 
 /// The pack built into every guard.
 pub const BUILTIN_PACK: &str = include_str!("../../rules/core.json");
@@ -283,22 +284,6 @@ impl Rule {
             .iter()
             .any(|p| before.ends_with(p.as_str()))
     }
-}
-
-fn floor_char_boundary(text: &str, mut at: usize) -> usize {
-    at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
-}
-
-fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
-    at = at.min(text.len());
-    while !text.is_char_boundary(at) {
-        at += 1;
-    }
-    at
 }
 
 #[cfg(test)]

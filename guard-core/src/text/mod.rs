@@ -34,6 +34,24 @@ pub fn utf16_offsets(text: &str, byte_offsets: &[usize]) -> Vec<usize> {
     result
 }
 
+/// The largest character boundary of `text` at or before `at`.
+pub fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// The smallest character boundary of `text` at or after `at`.
+pub fn ceil_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
 /// The original text of a span, cut at a character boundary if longer than the limit.
 pub fn excerpt(text: &str, start: usize, end: usize) -> String {
     let Some(span) = text.get(start..end) else {

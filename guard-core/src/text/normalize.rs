@@ -311,6 +311,36 @@ fn spaced_run_continues(text: &str, space: usize, run_started: bool) -> bool {
     char_at(text, next_end) == Some(' ') && single_letter_at(text, next_end + 1).is_some()
 }
 
+/// Where the normalizer is relative to words.
+#[derive(Default)]
+struct Word {
+    /// Inside a run of letters and digits.
+    in_word: bool,
+    /// Letters and digits so far in this word.
+    letters: usize,
+    /// This word mixes Latin with Cyrillic or Greek: fold its look-alikes.
+    fold: bool,
+    /// Spaces between one-letter words are being dropped.
+    spaced_run: bool,
+}
+
+impl Word {
+    /// One more character at `pos`.
+    fn step(&mut self, original: &str, pos: usize, alphanumeric: bool) {
+        if alphanumeric {
+            if !self.in_word {
+                self.in_word = true;
+                self.letters = 0;
+                self.fold = word_mixes_scripts(original, pos);
+            }
+            self.letters += 1;
+        } else {
+            self.in_word = false;
+            self.spaced_run = false;
+        }
+    }
+}
+
 /// Folds `original` for matching and keeps the way back.
 pub fn normalize(original: &str) -> Normalized {
     let mut out = Builder {
@@ -319,10 +349,7 @@ pub fn normalize(original: &str) -> Normalized {
         pending: 0,
     };
     let mut pos = 0;
-    let mut in_word = false;
-    let mut fold_word = false;
-    let mut word_letters = 0usize;
-    let mut spaced_run = false;
+    let mut word = Word::default();
     let mut scratch = String::new();
 
     let bytes = original.as_bytes();
@@ -330,17 +357,7 @@ pub fn normalize(original: &str) -> Normalized {
         // Fast path: a printable ASCII character not followed by a combining mark (which is never
         // ASCII) folds to its lower case on its own.
         if byte.is_ascii_graphic() && bytes.get(pos + 1).is_none_or(u8::is_ascii) {
-            if byte.is_ascii_alphanumeric() {
-                if !in_word {
-                    in_word = true;
-                    word_letters = 0;
-                    fold_word = word_mixes_scripts(original, pos);
-                }
-                word_letters += 1;
-            } else {
-                in_word = false;
-                spaced_run = false;
-            }
+            word.step(original, pos, byte.is_ascii_alphanumeric());
             let lower = [byte.to_ascii_lowercase()];
             out.push(
                 std::str::from_utf8(&lower).unwrap_or_default(),
@@ -369,16 +386,16 @@ pub fn normalize(original: &str) -> Normalized {
                 end += n.len_utf8();
             }
             let single_space = c == ' ' && end == pos + 1;
-            let previous_was_letter = in_word && word_letters == 1;
-            in_word = false;
+            let previous_was_letter = word.in_word && word.letters == 1;
+            word.in_word = false;
             if single_space
                 && previous_was_letter
-                && spaced_run_continues(original, pos, spaced_run)
+                && spaced_run_continues(original, pos, word.spaced_run)
             {
-                spaced_run = true;
+                word.spaced_run = true;
                 out.mark(flag::SPACED);
             } else {
-                spaced_run = false;
+                word.spaced_run = false;
                 out.push(" ", pos..end, single_space, 0);
             }
             pos = end;
@@ -397,17 +414,7 @@ pub fn normalize(original: &str) -> Normalized {
             }
             end += n.len_utf8();
         }
-        if c.is_alphanumeric() {
-            if !in_word {
-                in_word = true;
-                word_letters = 0;
-                fold_word = word_mixes_scripts(original, pos);
-            }
-            word_letters += 1;
-        } else {
-            in_word = false;
-            spaced_run = false;
-        }
+        word.step(original, pos, c.is_alphanumeric());
 
         let cluster = original.get(pos..end).unwrap_or_default();
         if end - pos == 1 && c.is_ascii() {
@@ -418,7 +425,7 @@ pub fn normalize(original: &str) -> Normalized {
             scratch.clear();
             let mut flags = 0;
             for n in cluster.nfkc() {
-                let n = match (fold_word, latin_look_alike(n)) {
+                let n = match (word.fold, latin_look_alike(n)) {
                     (true, Some(latin)) => {
                         flags |= flag::HOMOGLYPH;
                         latin
