@@ -14,7 +14,7 @@ use guard_core::{Action, AssessmentOutput};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
-use super::GuardOptions;
+use super::{parallel_map, GuardOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -104,27 +104,8 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let now = args.guard.now()?;
     let file =
         File::open(&args.file).with_context(|| format!("cannot open `{}`", args.file.display()))?;
-    let total = BufReader::new(
-        File::open(&args.file).with_context(|| format!("cannot open `{}`", args.file.display()))?,
-    )
-    .lines()
-    .count();
-    let progress = if args.no_progress {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total as u64)
-    };
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-
-    let mut report = Report {
-        file: args.file.display().to_string(),
-        ..Report::default()
-    };
+    let mut rows = Vec::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
-        progress.inc(1);
         let line = line.with_context(|| format!("line {}: cannot read", index + 1))?;
         if line.trim().is_empty() {
             continue;
@@ -139,8 +120,33 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
                 index + 1
             ),
         };
-        let json = engine.assess_text(&row.text, &now)?;
-        let output: AssessmentOutput = serde_json::from_str(&json)?;
+        rows.push((row, attack));
+    }
+    let progress = if args.no_progress {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(rows.len() as u64)
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let decisions = parallel_map(&rows, |(row, _)| {
+        let decision = engine
+            .assess_text(&row.text, &now)
+            .map_err(anyhow::Error::from)
+            .and_then(|json| Ok(serde_json::from_str::<AssessmentOutput>(&json)?));
+        progress.inc(1);
+        decision
+    });
+
+    let mut report = Report {
+        file: args.file.display().to_string(),
+        ..Report::default()
+    };
+    for ((row, attack), decision) in rows.iter().zip(decisions) {
+        let attack = *attack;
+        let output = decision?;
         let action = output.assessment.action;
         let stopped = action.stops();
         let warned = action >= Action::Warn;

@@ -10,7 +10,7 @@ use guard_core::AssessmentOutput;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{read_bytes, utf8, GuardOptions};
+use super::{parallel_map, read_bytes, utf8, GuardOptions};
 use crate::engine::GuardEngine;
 
 #[derive(Debug, clap::Args)]
@@ -135,11 +135,43 @@ fn error_line(line: usize, code: &str, message: &str) -> String {
     serde_json::json!({"error": {"line": line, "code": code, "message": message}}).to_string()
 }
 
+/// What one input line asks for: a text to assess, or the error that line gets instead.
+type LineRequest = Result<String, (&'static str, String)>;
+
+/// Lines are assessed in batches, in parallel, and written in input order.
+const BATCH_LINES: usize = 512;
+const BATCH_BYTES: usize = 16 << 20;
+
+fn parse_line(buffer: &[u8]) -> LineRequest {
+    let line = std::str::from_utf8(buffer)
+        .map_err(|e| {
+            (
+                "invalid_utf8",
+                format!(
+                    "not valid UTF-8 (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            )
+        })?
+        .trim_end_matches(['\n', '\r']);
+    if line.trim().is_empty() {
+        return Err(("empty_line", "the line is empty".into()));
+    }
+    match serde_json::from_str::<Line>(line) {
+        Ok(Line {
+            text: Some(serde_json::Value::String(text)),
+        }) => Ok(text),
+        Ok(Line { text: Some(_) }) => Err(("invalid_text", "`text` is not a string".into())),
+        Ok(Line { text: None }) => Err(("missing_text", "the object has no `text` field".into())),
+        Err(e) => Err(("invalid_json", e.to_string())),
+    }
+}
+
 /// One answer per input line, in order. A bad line gets an error object and the run goes on.
 ///
 /// Exit code: 2 if any line could not be assessed, else 1 if any was stopped, else 0.
 fn scan_jsonl(engine: &GuardEngine, path: &PathBuf, now: &str) -> Result<ExitCode> {
-    let input: Box<dyn BufRead> = if path.as_os_str() == "-" {
+    let mut input: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(BufReader::new(io::stdin()))
     } else {
         Box::new(BufReader::new(
@@ -149,83 +181,52 @@ fn scan_jsonl(engine: &GuardEngine, path: &PathBuf, now: &str) -> Result<ExitCod
     let mut out = BufWriter::new(io::stdout().lock());
     let (mut stopped, mut failed) = (false, false);
     let mut buffer = Vec::new();
-    let mut input = input;
-    let mut number = 0usize;
+    let mut first_line = 1usize;
+    let mut batch: Vec<LineRequest> = Vec::new();
+    let mut batch_bytes = 0usize;
     loop {
         buffer.clear();
         let read = input
             .read_until(b'\n', &mut buffer)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
-        if read == 0 {
-            break;
+        if read > 0 {
+            batch_bytes += read;
+            batch.push(parse_line(&buffer));
         }
-        number += 1;
-        let line = match std::str::from_utf8(&buffer) {
-            Ok(line) => line.trim_end_matches(['\n', '\r']),
-            Err(e) => {
-                failed = true;
-                let message = format!(
-                    "not valid UTF-8 (invalid byte at offset {})",
-                    e.valid_up_to()
-                );
-                writeln!(out, "{}", error_line(number, "invalid_utf8", &message))?;
-                continue;
+        if batch.is_empty() || (read > 0 && batch.len() < BATCH_LINES && batch_bytes < BATCH_BYTES)
+        {
+            if read == 0 {
+                break;
             }
-        };
-        if line.trim().is_empty() {
-            failed = true;
-            writeln!(
-                out,
-                "{}",
-                error_line(number, "empty_line", "the line is empty")
-            )?;
             continue;
         }
-        let text = match serde_json::from_str::<Line>(line) {
-            Ok(Line {
-                text: Some(serde_json::Value::String(text)),
-            }) => text,
-            Ok(Line { text: Some(_) }) => {
-                failed = true;
-                writeln!(
-                    out,
-                    "{}",
-                    error_line(number, "invalid_text", "`text` is not a string")
-                )?;
-                continue;
+        let answers = parallel_map(&batch, |request| match request {
+            Ok(text) => engine
+                .assess_text(text, now)
+                .map_err(|e| (e.code(), e.to_string())),
+            Err((code, message)) => Err((*code, message.clone())),
+        });
+        for (offset, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(json) => {
+                    let raw: RawOutput<'_> = serde_json::from_str(&json)
+                        .context("the guard's answer is not the contract's shape")?;
+                    let decided: Decided = serde_json::from_str(raw.assessment.get())
+                        .context("the guard's answer is not the contract's shape")?;
+                    stopped |= decided.action.stops();
+                    writeln!(out, "{}", raw.assessment.get())?;
+                }
+                Err((code, message)) => {
+                    failed = true;
+                    writeln!(out, "{}", error_line(first_line + offset, code, &message))?;
+                }
             }
-            Ok(Line { text: None }) => {
-                failed = true;
-                writeln!(
-                    out,
-                    "{}",
-                    error_line(number, "missing_text", "the object has no `text` field")
-                )?;
-                continue;
-            }
-            Err(e) => {
-                failed = true;
-                writeln!(
-                    out,
-                    "{}",
-                    error_line(number, "invalid_json", &e.to_string())
-                )?;
-                continue;
-            }
-        };
-        match engine.assess_text(&text, now) {
-            Ok(json) => {
-                let raw: RawOutput<'_> = serde_json::from_str(&json)
-                    .context("the guard's answer is not the contract's shape")?;
-                let decided: Decided = serde_json::from_str(raw.assessment.get())
-                    .context("the guard's answer is not the contract's shape")?;
-                stopped |= decided.action.stops();
-                writeln!(out, "{}", raw.assessment.get())?;
-            }
-            Err(e) => {
-                failed = true;
-                writeln!(out, "{}", error_line(number, e.code(), &e.to_string()))?;
-            }
+        }
+        first_line += batch.len();
+        batch.clear();
+        batch_bytes = 0;
+        if read == 0 {
+            break;
         }
     }
     out.flush()?;
