@@ -23,6 +23,8 @@ fn main() {
         "guard-wasm/component",
         "guard-wasm/wit",
         "Cargo.lock",
+        // Profiles and shared dependency features live here.
+        "Cargo.toml",
     ] {
         println!(
             "cargo:rerun-if-changed={}",

@@ -2,13 +2,13 @@
 //!
 //! Every rule names keywords, one of which occurs in any text it matches. One Aho-Corasick pass
 //! over the folded text finds the keywords; the rule's regular expression then runs only on a
-//! window around each keyword hit. `regex-lite` has no backtracking, so the work is linear in the
-//! text for a fixed pack, whatever the input.
+//! window around each keyword hit. The `regex` crate's engines (lazy DFA, PikeVM) never
+//! backtrack, so the work is linear in the text for a fixed pack, whatever the input.
 
 use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use regex_lite::Regex;
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::Category;
@@ -51,7 +51,7 @@ pub struct RuleSpec {
     /// Lower-case literals of the folded text; every match contains at least one. Spaces count
     /// (`" dan"` does not hit `abundant`).
     pub keywords: Vec<String>,
-    /// A `regex-lite` pattern over the folded text.
+    /// A `regex` pattern over the folded text. `\\b` is an ASCII word boundary.
     pub pattern: String,
     /// Folded text just before a match that cancels it ("do not ", "never ").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -167,7 +167,7 @@ impl RuleSet {
             {
                 return Err(invalid("keywords must be lower case and not blank"));
             }
-            let regex = Regex::new(&spec.pattern).map_err(|e| RuleError::Pattern {
+            let regex = compile_pattern(&spec.pattern).map_err(|e| RuleError::Pattern {
                 id: spec.id.clone(),
                 reason: e.to_string(),
             })?;
@@ -275,6 +275,15 @@ impl RuleSet {
         }
         matches
     }
+}
+
+/// Compiles a rule pattern. `\b` means an ASCII word boundary, as rules were written for; the
+/// Unicode one would need tables and slower engines. The DFA cache is bounded per rule.
+fn compile_pattern(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(&pattern.replace("\\b", "(?-u:\\b)"))
+        .size_limit(4 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
 }
 
 impl Rule {
