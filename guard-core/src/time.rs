@@ -92,13 +92,18 @@ impl Timestamp {
         if day < 1 || day > days_in_month(year, month) {
             return Err(fail("day out of range"));
         }
-        // RFC 3339 allows a leap second; it is folded into the next second's start.
-        if hour > 23 || minute > 59 || second > 60 {
+        // A leap second exists only as the last second of a UTC day; it is folded into the next
+        // day's first second.
+        let leap = second == 60 && hour == 23 && minute == 59;
+        if hour > 23 || minute > 59 || (second > 59 && !leap) {
             return Err(fail("time of day out of range"));
         }
         let days = days_from_civil(i64::from(year), month, day);
         let seconds =
             days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second);
+        if seconds > MAX_SECONDS {
+            return Err(fail("after year 9999"));
+        }
         Ok(Timestamp { seconds, nanos })
     }
 }
@@ -123,6 +128,9 @@ impl fmt::Display for Timestamp {
         f.write_str("Z")
     }
 }
+
+/// 9999-12-31T23:59:59Z: four-digit years only, so every timestamp prints as it parsed.
+const MAX_SECONDS: i64 = 253_402_300_799;
 
 fn shorten(input: &str) -> String {
     input.chars().take(40).collect()
@@ -180,6 +188,14 @@ mod tests {
                 .unix_seconds(),
             0
         );
+        assert_eq!(
+            Timestamp::parse("2016-12-31T23:59:60Z").unwrap().to_string(),
+            "2017-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            Timestamp::parse("9999-12-31T23:59:59Z").unwrap().unix_seconds(),
+            MAX_SECONDS
+        );
         let f = Timestamp::parse("2024-02-29T23:59:59.250+00:00").unwrap();
         assert_eq!(f.to_string(), "2024-02-29T23:59:59.25Z");
     }
@@ -194,6 +210,8 @@ mod tests {
             "2026-13-03T21:40:39Z",
             "2023-02-29T00:00:00Z",
             "2026-12-03T24:00:00Z",
+            "2026-12-03T10:00:60Z",
+            "9999-12-31T23:59:60Z",
             "2026-12-03T21:40:39.Z",
             "2026-12-03T21:40:39.1234567890Z",
             "2026-12-03 21:40:39Z",

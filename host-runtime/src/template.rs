@@ -38,6 +38,9 @@ pub enum TemplateSignError {
     /// The statement would be invalid.
     #[error(transparent)]
     Statement(#[from] guard_core::provenance::StatementError),
+    /// The template cannot be signed as it is.
+    #[error("template {0}")]
+    Template(String),
     /// The signer failed.
     #[error(transparent)]
     Sign(#[from] SignError),
@@ -51,6 +54,20 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
 
 /// The statement for a request.
 pub fn statement(request: &SignRequest<'_>) -> Result<Statement, TemplateSignError> {
+    // What the verifier would refuse is refused here, so no envelope is made that cannot verify.
+    if let Err(e) = std::str::from_utf8(request.template) {
+        return Err(TemplateSignError::Template(format!(
+            "is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        )));
+    }
+    if request.template.len() > guard_core::provenance::MAX_TEMPLATE_BYTES {
+        return Err(TemplateSignError::Template(format!(
+            "is {} bytes; the limit is {}",
+            request.template.len(),
+            guard_core::provenance::MAX_TEMPLATE_BYTES
+        )));
+    }
     let statement = Statement {
         template_id: request.template_id.to_string(),
         version: request.version,

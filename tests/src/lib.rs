@@ -17,6 +17,19 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The project's shared data (`../shared` beside the clone, or `$SIGIL_SHARED_DIR`).
+pub fn shared() -> PathBuf {
+    let dir = std::env::var_os("SIGIL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared"));
+    assert!(
+        dir.join("cases/prompts.jsonl").is_file(),
+        "shared data not found at {}: clone next to `shared/` or set SIGIL_SHARED_DIR",
+        dir.display()
+    );
+    dir
+}
+
 /// The time every shared input is assessed at.
 pub const NOW: &str = "2026-12-03T12:00:00Z";
 
@@ -35,7 +48,7 @@ fn texts_of(path: &PathBuf, limit: usize) -> Vec<String> {
 
 /// Every field case, a few hundred dev prompts, and inputs that use every part of the contract.
 pub fn shared_inputs(dev_prompts: usize) -> Vec<AssessmentInput> {
-    let shared = workspace().join("../shared");
+    let shared = shared();
     let mut texts = texts_of(&shared.join("cases/prompts.jsonl"), usize::MAX);
     texts.extend(texts_of(
         &shared.join("data/prompts/dev.jsonl"),

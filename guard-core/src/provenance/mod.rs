@@ -24,6 +24,8 @@ use crate::time::Timestamp;
 
 /// Largest envelope accepted, in bytes of JSON.
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+/// Largest template accepted, in bytes.
+pub const MAX_TEMPLATE_BYTES: usize = 16 << 20;
 /// Largest statement accepted, in bytes once decoded.
 pub const MAX_STATEMENT_BYTES: usize = 64 << 10;
 
@@ -235,6 +237,9 @@ pub enum VerifyError {
     /// The template is not text.
     #[error("template is not valid UTF-8 (byte {0})")]
     TemplateNotUtf8(usize),
+    /// The template is larger than any template may be.
+    #[error("template is {0} bytes; the limit is {MAX_TEMPLATE_BYTES}")]
+    TemplateTooLarge(usize),
     /// `now` is not a valid time.
     #[error("invalid time: {0}")]
     InvalidTime(String),
@@ -269,6 +274,7 @@ impl VerifyError {
             VerifyError::Statement(_) => "malformed_statement",
             VerifyError::DigestMismatch { .. } => "digest_mismatch",
             VerifyError::TemplateNotUtf8(_) => "template_not_utf8",
+            VerifyError::TemplateTooLarge(_) => "template_too_large",
             VerifyError::InvalidTime(_) => "invalid_time",
             VerifyError::NotYetValid { .. } => "not_yet_valid",
             VerifyError::Expired { .. } => "expired",
@@ -307,6 +313,9 @@ pub fn verify_template(
             envelope_json.len()
         )));
     }
+    if template.len() > MAX_TEMPLATE_BYTES {
+        return Err(VerifyError::TemplateTooLarge(template.len()));
+    }
     let envelope: Envelope = serde_json::from_slice(envelope_json)
         .map_err(|e| VerifyError::MalformedEnvelope(e.to_string()))?;
     if envelope.payload_type != PAYLOAD_TYPE {
@@ -339,7 +348,7 @@ pub fn verify_template(
             return Err(VerifyError::MalformedSignature {
                 index,
                 reason: format!(
-                    "{} bytes, but the pinned key's signatures are {} bytes (truncated?)",
+                    "{} bytes, but the pinned key's signatures are {} bytes: truncated, or made by a key of another size",
                     bytes.len(),
                     key.signature_len()
                 ),

@@ -3,7 +3,7 @@
 use guard_core::{AssessmentInput, Guard, Policy};
 use serde::Deserialize;
 
-use crate::{workspace, NOW};
+use crate::{shared, NOW};
 
 #[derive(Deserialize)]
 struct Case {
@@ -13,7 +13,7 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let path = workspace().join("../shared/cases/prompts.jsonl");
+    let path = shared().join("cases/prompts.jsonl");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
         .lines()

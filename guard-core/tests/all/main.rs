@@ -20,5 +20,18 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The project's shared data (`../shared` beside the clone, or `$SIGIL_SHARED_DIR`).
+pub fn shared() -> PathBuf {
+    let dir = std::env::var_os("SIGIL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared"));
+    assert!(
+        dir.join("cases/prompts.jsonl").is_file(),
+        "shared data not found at {}: clone next to `shared/` or set SIGIL_SHARED_DIR",
+        dir.display()
+    );
+    dir
+}
+
 /// A fixed time for assessments.
 pub const NOW: &str = "2026-12-03T12:00:00Z";

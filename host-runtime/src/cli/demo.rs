@@ -45,7 +45,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         LocalSigner::from_pem_file(&private)?
     } else {
         let (signer, files) = LocalSigner::generate_files(&keys, "signing-key", 3072, false)?;
-        println!(
+        outln!(
             "generated a local signing key {} ({})",
             files.private_key.display(),
             files.fingerprint
@@ -94,7 +94,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         )?
         .map_err(|r| anyhow::anyhow!("the bundled template did not verify: {r}"))?;
     let report: guard_core::VerificationReport = serde_json::from_str(&report)?;
-    println!(
+    outln!(
         "template {} v{} verified in the guard (sha256:{}…, key {}…)",
         report.template_id,
         report.version,
@@ -110,7 +110,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         Some(&now),
     )? {
         Ok(_) => anyhow::bail!("a tampered template verified; refusing to continue"),
-        Err(refusal) => println!("tampered copy refused: {}", refusal.code),
+        Err(refusal) => outln!("tampered copy refused: {}", refusal.code),
     }
     let verified_text = SAMPLE_TEMPLATE;
     let (before, after) = verified_text
@@ -118,10 +118,14 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         .context("the bundled template has no placeholder")?;
 
     // Guard each prompt inside the verified template.
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<4} {:<6} {:<9} {:<10} {:>6}  rules",
-        "id", "user", "level", "action", "score"
+        "id",
+        "user",
+        "level",
+        "action",
+        "score"
     );
     let mut profiles: BTreeMap<String, String> = BTreeMap::new();
     let (mut total, mut stopped) = (0, 0);
@@ -164,7 +168,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             .map(|c| c.id.as_str())
             .collect();
         rules.dedup();
-        println!(
+        outln!(
             "{:<4} {:<6} {:<9} {:<10} {:>6.3}  {}",
             prompt.id,
             prompt.user,
@@ -180,11 +184,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         total += 1;
         stopped += usize::from(a.action.stops());
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{total} prompts guarded in wasmtime: {stopped} kept from the model (quarantine or block), {} forwarded",
         total - stopped
     );
-    println!("signed template and key are in {}", args.data_dir.display());
+    outln!("signed template and key are in {}", args.data_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -35,9 +35,9 @@ pub fn run(command: KeysCommand) -> Result<ExitCode> {
             force,
         } => {
             let (_, files) = LocalSigner::generate_files(&out, &name, bits, force)?;
-            println!("private key  {}", files.private_key.display());
-            println!("public key   {}", files.public_key.display());
-            println!("fingerprint  {}", files.fingerprint);
+            outln!("private key  {}", files.private_key.display());
+            outln!("public key   {}", files.public_key.display());
+            outln!("fingerprint  {}", files.fingerprint);
             Ok(ExitCode::SUCCESS)
         }
     }

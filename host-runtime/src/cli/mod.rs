@@ -1,5 +1,14 @@
 //! The `sigil` command line: one file per command group.
 
+/// `println!` that returns the write error instead of panicking, so a closed pipe
+/// (`sigil … | head`) ends the command quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
 mod demo;
 mod eval;
 mod keys;
@@ -132,6 +141,15 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
     indexed.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Whether an error is the reader of our output going away.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Parses the command line and runs it. Errors print and exit with 2.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -145,6 +163,7 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

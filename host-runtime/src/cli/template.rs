@@ -45,8 +45,8 @@ pub struct SignArgs {
     /// Who signs.
     #[arg(long, default_value = "local-dev")]
     signer: String,
-    /// Days the signature stays valid.
-    #[arg(long, default_value_t = 365)]
+    /// Days the signature stays valid (1 to 36500).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     valid_days: u32,
     /// Hex SHA-256 of the validation report, if a pipeline ran.
     #[arg(long, value_name = "HEX")]
@@ -109,7 +109,7 @@ fn sign(args: SignArgs) -> Result<ExitCode> {
     };
     let signed_at = Timestamp::parse(&now_utc())?;
     let not_after = Timestamp::from_unix_seconds(
-        signed_at.unix_seconds() + i64::from(args.valid_days.max(1)) * 86_400,
+        signed_at.unix_seconds() + i64::from(args.valid_days) * 86_400,
     );
     let request = SignRequest {
         template_id: &args.id,
@@ -135,7 +135,7 @@ fn sign(args: SignArgs) -> Result<ExitCode> {
                 path.display()
             );
         }
-        None => println!("{json}"),
+        None => outln!("{json}"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -145,7 +145,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let envelope = read_bytes(&args.envelope, "envelope")?;
     let key = read_bytes(&args.public_key, "public key")?;
     let now = match &args.now {
-        Some(now) => now.clone(),
+        Some(now) => Timestamp::parse(now)?.to_string(),
         None => now_utc(),
     };
     let scheme = match args.scheme {
@@ -156,20 +156,28 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
     match engine.verify_template(&envelope, &template, &key, scheme, Some(&now))? {
         Ok(report) => {
             if args.json {
-                println!("{report}");
+                outln!("{report}");
             } else {
                 let r: guard_core::VerificationReport = serde_json::from_str(&report)?;
-                println!("verified     {} v{}", r.template_id, r.version);
-                println!("digest       sha256:{}", r.digest);
-                println!("key          {}", r.key_fingerprint);
-                println!("signer       {} at {}", r.signer, r.signed_at);
-                println!("valid until  {}", r.not_after);
+                outln!("verified     {} v{}", r.template_id, r.version);
+                outln!("digest       sha256:{}", r.digest);
+                outln!("key          {}", r.key_fingerprint);
+                outln!("signer       {} at {}", r.signer, r.signed_at);
+                outln!("valid until  {}", r.not_after);
             }
             Ok(ExitCode::SUCCESS)
         }
+        // A key that cannot be used is the caller's mistake, not a verdict on the template.
+        Err(refusal) if refusal.code == "invalid_key" => {
+            anyhow::bail!(
+                "public key `{}`: {}",
+                args.public_key.display(),
+                refusal.message
+            )
+        }
         Err(refusal) => {
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"verified": false, "code": refusal.code, "message": refusal.message})
                 );

@@ -83,13 +83,19 @@ impl LocalSigner {
 
     /// Parses a PKCS#8 PEM private key.
     pub fn from_pem(text: &str) -> Result<Self, SignError> {
-        let (label, der) = pem_rfc7468::decode_vec(text.trim().as_bytes()).map_err(key_error)?;
+        let (label, der) = pem_rfc7468::decode_vec(text.trim().as_bytes())
+            .map_err(|e| SignError::Key(format!("not a PEM `{PRIVATE_LABEL}` block ({e})")))?;
         if label != PRIVATE_LABEL {
             return Err(SignError::Key(format!(
                 "expected a `{PRIVATE_LABEL}` PEM block, found `{label}`"
             )));
         }
-        Self::from_key(KeyPair::from_pkcs8(&der).map_err(key_error)?)
+        let key = KeyPair::from_pkcs8(&der).map_err(|e| {
+            SignError::Key(format!(
+                "not an RSA private key of 2048 to 4096 bits in PKCS#8 ({e})"
+            ))
+        })?;
+        Self::from_key(key)
     }
 
     /// The private key as PKCS#8 PEM.
@@ -112,6 +118,15 @@ impl LocalSigner {
         bits: u32,
         force: bool,
     ) -> Result<(Self, KeyFiles), SignError> {
+        // A name, not a path: the files stay in `dir`.
+        let plain = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if name.is_empty() || name.starts_with('.') || !plain {
+            return Err(SignError::Key(format!(
+                "key name `{name}` must be letters, digits, `-`, `_` or `.`, not starting with `.`"
+            )));
+        }
         let signer = Self::generate(bits)?;
         let io = |context: String| move |source| SignError::Io { context, source };
         fs::create_dir_all(dir).map_err(io(format!("cannot create `{}`", dir.display())))?;

@@ -18,7 +18,7 @@ pub enum SignError {
     #[error("signing failed: {0}")]
     Backend(String),
     /// Reading or writing key files failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
