@@ -189,11 +189,15 @@ mod tests {
             0
         );
         assert_eq!(
-            Timestamp::parse("2016-12-31T23:59:60Z").unwrap().to_string(),
+            Timestamp::parse("2016-12-31T23:59:60Z")
+                .unwrap()
+                .to_string(),
             "2017-01-01T00:00:00Z"
         );
         assert_eq!(
-            Timestamp::parse("9999-12-31T23:59:59Z").unwrap().unix_seconds(),
+            Timestamp::parse("9999-12-31T23:59:59Z")
+                .unwrap()
+                .unix_seconds(),
             MAX_SECONDS
         );
         let f = Timestamp::parse("2024-02-29T23:59:59.250+00:00").unwrap();

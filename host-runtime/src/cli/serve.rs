@@ -1,6 +1,5 @@
 //! `sigil serve`: the HTTP API.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +11,9 @@ use crate::service::{app, AppState, DEFAULT_MAX_BODY};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on, `host:port` (a name such as `localhost` is resolved).
     #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    listen: String,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     max_body: usize,
@@ -26,12 +25,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let engine = Arc::new(args.guard.engine()?);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(args.listen.as_str())
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
         eprintln!("sigil listening on http://{local} (POST /v1/scan, GET /healthz)");
-        axum::serve(listener, app(AppState::new(engine), args.max_body))
+        axum::serve(listener, app(AppState::new(engine, args.max_body)))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("server failed")

@@ -5,13 +5,18 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde_json::{json, Value};
+use guard_core::{AssessmentInput, Context, Profile, Segment};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use crate::engine::{EngineError, GuardEngine};
@@ -19,23 +24,29 @@ use crate::engine::{EngineError, GuardEngine};
 /// Largest request body accepted by default.
 pub const DEFAULT_MAX_BODY: usize = 16 << 20;
 
+/// How long a client may take to send its request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     engine: Arc<GuardEngine>,
-    /// One permit per guard instance, so concurrent calls never outgrow the pool.
+    /// One permit per guard instance, taken before the body is read, so neither guard calls nor
+    /// buffered bodies outgrow the pool.
     permits: Arc<Semaphore>,
     clock: Arc<dyn Fn() -> String + Send + Sync>,
+    max_body: usize,
 }
 
 impl AppState {
-    /// State around an engine, with the system clock.
-    pub fn new(engine: Arc<GuardEngine>) -> Self {
+    /// State around an engine, with the system clock and a body limit.
+    pub fn new(engine: Arc<GuardEngine>, max_body: usize) -> Self {
         let permits = Arc::new(Semaphore::new(engine.limits().max_instances as usize));
         AppState {
             engine,
             permits,
             clock: Arc::new(crate::cli::now_utc),
+            max_body,
         }
     }
 }
@@ -92,13 +103,26 @@ impl IntoResponse for AppError {
     }
 }
 
-/// The router, with a body-size limit.
-pub fn app(state: AppState, max_body: usize) -> Router {
+/// The router.
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/scan", post(scan))
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(max_body))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<Response, AppError> {
@@ -122,34 +146,127 @@ fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The short form: one untrusted text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextRequest {
+    text: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// The contract's form, with `context` and `context.now` optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractRequest {
+    segments: Vec<Segment>,
+    #[serde(default)]
+    context: Option<ContextRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextRequest {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    now: Option<String>,
+    #[serde(default)]
+    profile: Option<Profile>,
+}
+
+/// Which form a body is in; duplicate keys are refused here already.
+#[derive(Deserialize)]
+struct Shape<'a> {
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+fn json_error(e: &serde_json::Error) -> AppError {
+    let code = if e.is_data() {
+        "invalid_input"
+    } else {
+        "invalid_json"
+    };
+    AppError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        // Clients that send no type are taken at their word that this is JSON.
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let media = value.split(';').next().unwrap_or_default().trim();
+    media.eq_ignore_ascii_case("application/json")
+        || (media.len() > 5
+            && media
+                .get(media.len() - 5..)
+                .is_some_and(|s| s.eq_ignore_ascii_case("+json")))
+}
+
 /// Accepts the contract's `{segments, context}`, or `{text, user?, tenant?}` for one untrusted
 /// segment. A missing `context.now` is filled from the server's clock.
 async fn scan(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Result<Response, AppError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                e.body_text(),
-            )
-        } else {
-            AppError::new(e.status(), "invalid_body", e.body_text())
-        }
-    })?;
-    if let Some(kind) = headers.get(header::CONTENT_TYPE) {
-        let kind = kind.to_str().unwrap_or_default();
-        if !kind.starts_with("application/json") {
-            return Err(AppError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send application/json",
-            ));
-        }
+    if !is_json(&headers) {
+        return Err(AppError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json",
+        ));
     }
+    let _permit = state.permits.clone().acquire_owned().await.map_err(|_| {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the service is stopping",
+        )
+    })?;
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, state.max_body),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(AppError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+            return Err(if too_large {
+                AppError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body is over the {}-byte limit", state.max_body),
+                )
+            } else {
+                AppError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "the request body could not be read",
+                )
+            });
+        }
+        Ok(Ok(body)) => body,
+    };
     let text = std::str::from_utf8(&body).map_err(|e| {
         AppError::new(
             StatusCode::BAD_REQUEST,
@@ -160,18 +277,7 @@ async fn scan(
             ),
         )
     })?;
-    let mut request: Value = serde_json::from_str(text)
-        .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
-    let now = (state.clock)();
-    let request = normalize_request(&mut request, now)?;
-
-    let _permit = state.permits.clone().acquire_owned().await.map_err(|_| {
-        AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the service is stopping",
-        )
-    })?;
+    let request = contract_request(text, (state.clock)())?;
     let engine = state.engine.clone();
     let answer = tokio::task::spawn_blocking(move || engine.assess_json(&request))
         .await
@@ -185,51 +291,50 @@ async fn scan(
     Ok(json_response(StatusCode::OK, answer))
 }
 
-/// Turns either accepted shape into the contract's JSON text.
-fn normalize_request(request: &mut Value, now: String) -> Result<String, AppError> {
-    let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, "invalid_input", m);
-    let Value::Object(object) = request else {
-        return Err(bad("the body must be a JSON object"));
+/// Either accepted form as the contract's JSON text. Errors point into the body as sent.
+fn contract_request(body: &str, now: String) -> Result<String, AppError> {
+    if !body.trim_start().starts_with('{') {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "the body must be a JSON object",
+        ));
+    }
+    let shape: Shape<'_> = serde_json::from_str(body).map_err(|e| json_error(&e))?;
+    let input = if shape.text.is_some() {
+        let r: TextRequest = serde_json::from_str(body).map_err(|e| json_error(&e))?;
+        AssessmentInput {
+            segments: vec![Segment::untrusted(r.text)],
+            context: Context {
+                tenant: r.tenant,
+                user: r.user,
+                now,
+                profile: None,
+            },
+        }
+    } else {
+        let r: ContractRequest = serde_json::from_str(body).map_err(|e| json_error(&e))?;
+        let c = r.context.unwrap_or(ContextRequest {
+            tenant: None,
+            user: None,
+            now: None,
+            profile: None,
+        });
+        AssessmentInput {
+            segments: r.segments,
+            context: Context {
+                tenant: c.tenant,
+                user: c.user,
+                now: c.now.unwrap_or(now),
+                profile: c.profile,
+            },
+        }
     };
-    if let Some(text) = object.remove("text") {
-        if object.contains_key("segments") {
-            return Err(bad("send `text` or `segments`, not both"));
-        }
-        let Value::String(text) = text else {
-            return Err(bad("`text` must be a string"));
-        };
-        let mut context = serde_json::Map::new();
-        for key in ["user", "tenant"] {
-            match object.remove(key) {
-                Some(Value::String(v)) => {
-                    context.insert(key.into(), Value::String(v));
-                }
-                Some(Value::Null) | None => {}
-                Some(_) => return Err(bad("`user` and `tenant` must be strings")),
-            }
-        }
-        if let Some(key) = object.keys().next() {
-            return Err(AppError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                format!("unknown field `{key}`"),
-            ));
-        }
-        context.insert("now".into(), Value::String(now));
-        return Ok(json!({
-            "segments": [{"text": text, "trust": "untrusted"}],
-            "context": context,
-        })
-        .to_string());
-    }
-    match object.get_mut("context") {
-        Some(Value::Object(context)) => {
-            context.entry("now").or_insert(Value::String(now));
-        }
-        None => {
-            object.insert("context".into(), json!({"now": now}));
-        }
-        Some(_) => return Err(bad("`context` must be an object")),
-    }
-    Ok(request.to_string())
+    serde_json::to_string(&input).map_err(|_| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "request could not be encoded",
+        )
+    })
 }

@@ -11,7 +11,7 @@ use tower::ServiceExt;
 
 fn router(max_body: usize) -> axum::Router {
     let engine = Arc::new(GuardEngine::new("{}", EngineLimits::default()).unwrap());
-    app(AppState::new(engine), max_body)
+    app(AppState::new(engine, max_body))
 }
 
 async fn call(router: axum::Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
@@ -44,6 +44,34 @@ async fn scans_text_and_contract_requests() {
 }
 
 #[tokio::test]
+async fn media_type_is_matched_without_regard_to_case_or_parameters() {
+    let request = Request::post("/v1/scan")
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(Body::from(r#"{"text": "hello"}"#))
+        .unwrap();
+    let (status, v) = call(router(1 << 20), request).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let no_type = Request::post("/v1/scan")
+        .body(Body::from(r#"{"text": "hello"}"#))
+        .unwrap();
+    assert_eq!(call(router(1 << 20), no_type).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn errors_point_into_the_body_as_sent() {
+    let (status, v) = call(
+        router(1 << 20),
+        post("{\n  \"segments\": [{\"text\": \"a\", \"trust\": 7}]\n}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("line 2"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
 async fn health() {
     let (status, v) = call(
         router(1 << 20),
@@ -56,10 +84,11 @@ async fn health() {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
-    let deep = format!("{{\"text\": {}{}}}", "[".repeat(50_000), "]".repeat(50_000));
+    let deep = format!("{{\"segments\": {}{}}}", "[".repeat(50_000), "]".repeat(50_000));
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (post("{"), StatusCode::BAD_REQUEST, "invalid_json"),
-        (post(deep), StatusCode::BAD_REQUEST, "invalid_json"),
+        // Refused at the first wrong type, before any depth is reached.
+        (post(deep), StatusCode::BAD_REQUEST, "invalid_input"),
         (
             post(vec![0xff, 0xfe, b'{']),
             StatusCode::BAD_REQUEST,
