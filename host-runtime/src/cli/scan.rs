@@ -128,7 +128,13 @@ struct Decided {
 
 #[derive(Deserialize)]
 struct Line {
+    /// Present-but-null is kept apart from missing.
+    #[serde(default, deserialize_with = "present")]
     text: Option<serde_json::Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 fn error_line(line: usize, code: &str, message: &str) -> String {
@@ -142,7 +148,10 @@ type LineRequest = Result<String, (&'static str, String)>;
 const BATCH_LINES: usize = 512;
 const BATCH_BYTES: usize = 16 << 20;
 
-fn parse_line(buffer: &[u8]) -> LineRequest {
+/// Longest line read; the rest of a longer line is skipped and the line gets an error.
+const MAX_LINE_BYTES: usize = 64 << 20;
+
+fn parse_line(buffer: &[u8], first: bool) -> LineRequest {
     let line = std::str::from_utf8(buffer)
         .map_err(|e| {
             (
@@ -154,8 +163,17 @@ fn parse_line(buffer: &[u8]) -> LineRequest {
             )
         })?
         .trim_end_matches(['\n', '\r']);
+    // A byte-order mark may open a file, and only the file.
+    let line = if first {
+        line.strip_prefix('\u{feff}').unwrap_or(line)
+    } else {
+        line
+    };
     if line.trim().is_empty() {
         return Err(("empty_line", "the line is empty".into()));
+    }
+    if !line.trim_start().starts_with('{') {
+        return Err(("invalid_line", "the line is not a JSON object".into()));
     }
     match serde_json::from_str::<Line>(line) {
         Ok(Line {
@@ -165,6 +183,37 @@ fn parse_line(buffer: &[u8]) -> LineRequest {
         Ok(Line { text: None }) => Err(("missing_text", "the object has no `text` field".into())),
         Err(e) => Err(("invalid_json", e.to_string())),
     }
+}
+
+/// Reads one line of at most [`MAX_LINE_BYTES`]; a longer one is consumed to its end and
+/// reported. Returns the bytes read, 0 at the end of input.
+fn read_line(input: &mut dyn BufRead, buffer: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+    let read = input
+        .take(MAX_LINE_BYTES as u64)
+        .read_until(b'\n', buffer)?;
+    if read < MAX_LINE_BYTES || buffer.last() == Some(&b'\n') {
+        return Ok((read, false));
+    }
+    let mut skipped = read;
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                input.consume(at + 1);
+                skipped += at + 1;
+                break;
+            }
+            None => {
+                let len = chunk.len();
+                input.consume(len);
+                skipped += len;
+            }
+        }
+    }
+    Ok((skipped, true))
 }
 
 /// One answer per input line, in order. A bad line gets an error object and the run goes on.
@@ -186,12 +235,18 @@ fn scan_jsonl(engine: &GuardEngine, path: &PathBuf, now: &str) -> Result<ExitCod
     let mut batch_bytes = 0usize;
     loop {
         buffer.clear();
-        let read = input
-            .read_until(b'\n', &mut buffer)
+        let (read, too_long) = read_line(&mut *input, &mut buffer)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
         if read > 0 {
-            batch_bytes += read;
-            batch.push(parse_line(&buffer));
+            batch_bytes += buffer.len();
+            batch.push(if too_long {
+                Err((
+                    "line_too_long",
+                    format!("the line is over {MAX_LINE_BYTES} bytes"),
+                ))
+            } else {
+                parse_line(&buffer, first_line + batch.len() == 1)
+            });
         }
         if batch.is_empty() || (read > 0 && batch.len() < BATCH_LINES && batch_bytes < BATCH_BYTES)
         {

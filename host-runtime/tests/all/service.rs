@@ -84,7 +84,11 @@ async fn health() {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
-    let deep = format!("{{\"segments\": {}{}}}", "[".repeat(50_000), "]".repeat(50_000));
+    let deep = format!(
+        "{{\"segments\": {}{}}}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (post("{"), StatusCode::BAD_REQUEST, "invalid_json"),
         // Refused at the first wrong type, before any depth is reached.
