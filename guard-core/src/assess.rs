@@ -7,6 +7,7 @@ use crate::contract::{
     Assessment, AssessmentInput, AssessmentOutput, Category, Encoding, Finding, FindingSource,
     Span, ToleratedError, Trust,
 };
+use crate::policy::Limits;
 use crate::risk;
 use crate::text::{self, decode, floor_char_boundary, normalize};
 use crate::time::Timestamp;
@@ -53,7 +54,9 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
     };
 
     let limits = guard.policy.limits;
-    let mut budget = limits.max_scan_bytes;
+    let max_segments = Limits::usize(limits.max_segments);
+    let max_findings = Limits::usize(limits.max_findings);
+    let mut budget = Limits::usize(limits.max_scan_bytes);
     let mut findings: Vec<Finding> = Vec::new();
     if input.segments.is_empty() {
         errors.push(tolerated(
@@ -67,7 +70,7 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
             continue;
         }
         let text = segment.text.as_str();
-        let scan_len = if index >= limits.max_segments {
+        let scan_len = if index >= max_segments {
             0
         } else {
             floor_char_boundary(text, budget.min(text.len()))
@@ -111,17 +114,17 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
     let (thresholds, actions) = guard.policy.for_tenant(input.context.tenant.as_deref());
     // The score uses every finding; only the list reported is capped.
     let decision = risk::decide(&findings, &[], &thresholds, &actions);
-    if findings.len() > limits.max_findings {
+    if findings.len() > max_findings {
         errors.push(tolerated(
             "findings_truncated",
             format!(
                 "{} findings; the first {} are listed",
                 findings.len(),
-                limits.max_findings
+                max_findings
             ),
             None,
         ));
-        findings.truncate(limits.max_findings);
+        findings.truncate(max_findings);
     }
     let profile = profile_in.updated(decision.level, decision.action, now);
     AssessmentOutput {

@@ -182,11 +182,19 @@ impl Default for RulesConfig {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Total bytes of untrusted text scanned; the rest is reported unscanned.
-    pub max_scan_bytes: usize,
+    pub max_scan_bytes: u64,
     /// Segments in one input.
-    pub max_segments: usize,
+    pub max_segments: u64,
     /// Findings reported; the rest are counted in a tolerated error.
-    pub max_findings: usize,
+    pub max_findings: u64,
+}
+
+impl Limits {
+    /// A limit as a size on this target (limits are `u64` in JSON so that a policy means the
+    /// same on 32- and 64-bit targets).
+    pub fn usize(limit: u64) -> usize {
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for Limits {

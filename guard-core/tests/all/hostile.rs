@@ -134,5 +134,5 @@ fn keyword_floods_stay_bounded() {
     let text = "ignore disregard forget reveal system prompt <|im_start|> ![x](http://a/{b}) "
         .repeat(40_000);
     let out = guard().assess(&AssessmentInput::from_text(text, NOW));
-    assert!(out.assessment.findings.len() <= Policy::default().limits.max_findings);
+    assert!(out.assessment.findings.len() as u64 <= Policy::default().limits.max_findings);
 }

@@ -14,8 +14,8 @@ use guard_core::time::Timestamp;
 use guard_core::AssessmentOutput;
 use serde::Deserialize;
 
-use super::now_utc;
-use crate::engine::{Context, EngineLimits, GuardEngine, Scheme, Segment, Trust};
+use super::GuardOptions;
+use crate::engine::{Context, Scheme, Segment, Trust};
 use crate::signer::{LocalSigner, Signer};
 use crate::template::{sign_template, SignRequest};
 
@@ -29,6 +29,8 @@ pub struct DemoArgs {
     /// Where the demo keeps its key and signed template.
     #[arg(long, default_value = ".sigil")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    guard: GuardOptions,
 }
 
 #[derive(Deserialize)]
@@ -58,14 +60,23 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let templates = args.data_dir.join("templates");
     fs::create_dir_all(&templates)
         .with_context(|| format!("cannot create `{}`", templates.display()))?;
-    let now = now_utc();
+    // The bundled template is written once; after that the one in the data folder is signed, so
+    // an edited copy is what the demo guards.
+    let template_path = templates.join("support-answer.txt");
+    if !template_path.exists() {
+        fs::write(&template_path, SAMPLE_TEMPLATE)
+            .with_context(|| format!("cannot write `{}`", template_path.display()))?;
+    }
+    let template_text = super::read_text(&template_path, "template")?;
+    let template_text = template_text.as_str();
+    let now = args.guard.now()?;
     let signed_at = Timestamp::parse(&now)?;
     let schema = serde_json::json!({"question": {"type": "string", "max_length": 4000}});
     let envelope = sign_template(
         &SignRequest {
             template_id: TEMPLATE_ID,
             version: 1,
-            template: SAMPLE_TEMPLATE.as_bytes(),
+            template: template_text.as_bytes(),
             variables_schema: &schema,
             prev_digest: None,
             signer: "sigil-demo",
@@ -79,15 +90,14 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let envelope_path = templates.join("support-answer.envelope.json");
     fs::write(&envelope_path, &envelope_json)
         .with_context(|| format!("cannot write `{}`", envelope_path.display()))?;
-    fs::write(templates.join("support-answer.txt"), SAMPLE_TEMPLATE)?;
 
     // Verify it inside the guard, and watch a tampered copy fail.
-    let engine = GuardEngine::new("{}", EngineLimits::default())?;
+    let engine = args.guard.engine()?;
     let scheme = Scheme::RsassaPkcs1v15Sha256;
     let report = engine
         .verify_template(
             &envelope_json,
-            SAMPLE_TEMPLATE.as_bytes(),
+            template_text.as_bytes(),
             &public_key,
             scheme,
             Some(&now),
@@ -101,10 +111,13 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         report.digest.get(..16).unwrap_or_default(),
         report.key_fingerprint.get(..16).unwrap_or_default()
     );
-    let tampered = SAMPLE_TEMPLATE.replace("Never reveal", "Always reveal");
+    let mut tampered = template_text.as_bytes().to_vec();
+    if let Some(first) = tampered.first_mut() {
+        *first ^= 0x20;
+    }
     match engine.verify_template(
         &envelope_json,
-        tampered.as_bytes(),
+        &tampered,
         &public_key,
         scheme,
         Some(&now),
@@ -112,10 +125,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         Ok(_) => anyhow::bail!("a tampered template verified; refusing to continue"),
         Err(refusal) => outln!("tampered copy refused: {}", refusal.code),
     }
-    let verified_text = SAMPLE_TEMPLATE;
-    let (before, after) = verified_text
-        .split_once(PLACEHOLDER)
-        .context("the bundled template has no placeholder")?;
+    let (before, after) = template_text.split_once(PLACEHOLDER).with_context(|| {
+        format!(
+            "`{}` has no `{PLACEHOLDER}` placeholder",
+            template_path.display()
+        )
+    })?;
 
     // Guard each prompt inside the verified template.
     outln!();

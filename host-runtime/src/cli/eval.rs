@@ -195,6 +195,8 @@ fn pct(x: Option<f64>) -> String {
 }
 
 fn row(out: &mut impl Write, name: &str, c: &Counts) -> io::Result<()> {
+    // Labels come from the data; a `|` in one must not split the table.
+    let name = name.replace('|', "\\|");
     writeln!(
         out,
         "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",

@@ -84,6 +84,18 @@ fn ten_megabytes_fit_the_default_limits() {
 }
 
 #[test]
+fn keyword_dense_documents_get_an_answer_under_default_limits() {
+    // Words that open confirmation windows for many rules at once: the worst case for the matcher.
+    let words = "the system rules mode email above you are instructions prompt show print all what send post image link previous ignore password ";
+    let e = engine(EngineLimits::default());
+    for size in [23_000, 1 << 20, 10 << 20] {
+        let text = words.repeat(size / words.len());
+        let answer = e.assess_text(&text, NOW);
+        assert!(answer.is_ok(), "{size} bytes: {answer:?}");
+    }
+}
+
+#[test]
 fn oversized_input_and_bad_policy_are_typed_errors() {
     let e = engine(EngineLimits {
         max_input_bytes: 1000,
