@@ -5,7 +5,7 @@ use std::ops::Range;
 use crate::behaviour::{Profile, PROFILE_VERSION};
 use crate::contract::{
     Assessment, AssessmentInput, AssessmentOutput, Category, Encoding, Finding, FindingSource,
-    Span, ToleratedError, Trust,
+    Obfuscation, Span, ToleratedError, Trust,
 };
 use crate::policy::Limits;
 use crate::risk;
@@ -17,6 +17,10 @@ use crate::Guard;
 pub const UNSCANNED_ID: &str = "limit.unscanned-input";
 /// Weight of that finding: enough to hold the input for review, since nobody read it.
 const UNSCANNED_WEIGHT: f64 = 0.65;
+/// Id of the finding for text hidden in Unicode tag characters.
+pub const HIDDEN_TAG_TEXT_ID: &str = "obfuscation.hidden-tag-text";
+/// Weight of that finding: a warning on its own; with what the text says, more.
+const HIDDEN_TAG_TEXT_WEIGHT: f64 = 0.45;
 /// A match that is only quoted ("phrases like 'ignore previous instructions'") counts this much.
 const QUOTED_FACTOR: f64 = 0.5;
 
@@ -174,6 +178,20 @@ fn scan_segment(guard: &Guard, index: usize, text: &str) -> Vec<Finding> {
             span: span(index, original),
             obfuscations: folded.obfuscations_in(m.range),
             encodings: Vec::new(),
+        });
+    }
+    let tags = decode::tag_payloads(text);
+    // Hidden text has no business in a prompt, whatever it says.
+    for hidden in &tags {
+        out.push(Finding {
+            id: HIDDEN_TAG_TEXT_ID.to_string(),
+            category: Category::Obfuscation,
+            source: FindingSource::Rule,
+            weight: HIDDEN_TAG_TEXT_WEIGHT,
+            excerpt: text::excerpt(&hidden.text, 0, hidden.text.len()),
+            span: span(index, hidden.range.clone()),
+            obfuscations: vec![Obfuscation::InvisibleCharacters],
+            encodings: vec![Encoding::UnicodeTags],
         });
     }
     let (base64, _limited) = decode::base64_payloads(text);

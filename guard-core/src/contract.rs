@@ -332,6 +332,8 @@ pub enum Encoding {
     Base64,
     /// A payload split into quoted pieces, joined again.
     Concatenation,
+    /// Printable ASCII hidden in invisible Unicode tag characters (U+E0020 to U+E007E).
+    UnicodeTags,
 }
 
 /// A behaviour signal about the user.

@@ -115,13 +115,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if let Some(first) = tampered.first_mut() {
         *first ^= 0x20;
     }
-    match engine.verify_template(
-        &envelope_json,
-        &tampered,
-        &public_key,
-        scheme,
-        Some(&now),
-    )? {
+    match engine.verify_template(&envelope_json, &tampered, &public_key, scheme, Some(&now))? {
         Ok(_) => anyhow::bail!("a tampered template verified; refusing to continue"),
         Err(refusal) => outln!("tampered copy refused: {}", refusal.code),
     }
