@@ -195,11 +195,15 @@ fn scan_segment(guard: &Guard, index: usize, text: &str) -> Vec<Finding> {
         });
     }
     let (base64, _limited) = decode::base64_payloads(text);
-    let derived = base64.into_iter().map(|d| (d, Encoding::Base64)).chain(
-        decode::split_payloads(text)
-            .into_iter()
-            .map(|d| (d, Encoding::Concatenation)),
-    );
+    let derived = base64
+        .into_iter()
+        .map(|d| (d, Encoding::Base64))
+        .chain(
+            decode::split_payloads(text)
+                .into_iter()
+                .map(|d| (d, Encoding::Concatenation)),
+        )
+        .chain(tags.into_iter().map(|d| (d, Encoding::UnicodeTags)));
     for (payload, encoding) in derived {
         let folded = normalize(&payload.text);
         for m in guard.rules.find(folded.text()) {

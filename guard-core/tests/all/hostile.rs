@@ -145,9 +145,22 @@ fn instructions_hidden_in_tag_characters_are_read() {
         .collect();
     let text = format!("What a lovely day.{hidden}");
     let out = guard().assess(&AssessmentInput::from_text(text.clone(), NOW));
-    assert!(out.assessment.action.stops(), "{:?}", out.assessment.findings);
-    assert!(out.assessment.findings.iter().any(|f| f.id == "obfuscation.hidden-tag-text"));
-    let f = out.assessment.findings.iter().find(|f| f.id == "override.ignore-previous").unwrap();
+    assert!(
+        out.assessment.action.stops(),
+        "{:?}",
+        out.assessment.findings
+    );
+    assert!(out
+        .assessment
+        .findings
+        .iter()
+        .any(|f| f.id == "obfuscation.hidden-tag-text"));
+    let f = out
+        .assessment
+        .findings
+        .iter()
+        .find(|f| f.id == "override.ignore-previous")
+        .unwrap();
     assert_eq!(&text[f.span.byte_start..f.span.byte_end], hidden);
     assert_eq!(f.encodings, [guard_core::Encoding::UnicodeTags]);
 }
