@@ -10,7 +10,6 @@ mod statement;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
 use rsa::signature::Verifier;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
@@ -21,6 +20,11 @@ pub use dsse::{pae, Envelope, EnvelopeSignature, PAYLOAD_TYPE};
 pub use statement::{is_sha256_hex, is_template_id, Digest, Statement, StatementError};
 
 use crate::time::Timestamp;
+
+/// rsaEncryption, the usual algorithm of RSA public keys.
+const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+/// id-RSASSA-PSS: an RSA key restricted to PSS signatures.
+const RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
 
 /// Largest envelope accepted, in bytes of JSON.
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
@@ -62,33 +66,65 @@ impl PinnedKey {
     ///
     /// RSA only, 2048 to 4096 bits, public exponent 65537.
     pub fn from_spki(spki: &[u8], scheme: Scheme) -> Result<Self, VerifyError> {
-        let key = match std::str::from_utf8(spki) {
+        use rsa::pkcs1::der::{Decode, Document};
+        use rsa::pkcs8::spki::SubjectPublicKeyInfoRef;
+
+        let invalid = |m: String| VerifyError::InvalidKey(m);
+        let pem_document;
+        let der: &[u8] = match std::str::from_utf8(spki) {
             Ok(text) if text.trim_start().starts_with("-----BEGIN") => {
-                RsaPublicKey::from_public_key_pem(text.trim())
+                let (label, document) = Document::from_pem(text.trim())
+                    .map_err(|e| invalid(format!("not a PEM public key ({e})")))?;
+                if label != "PUBLIC KEY" {
+                    return Err(invalid(format!(
+                        "expected a `PUBLIC KEY` PEM block (SubjectPublicKeyInfo), found `{label}`"
+                    )));
+                }
+                pem_document = document;
+                pem_document.as_bytes()
             }
-            _ => RsaPublicKey::from_public_key_der(spki),
+            _ => spki,
+        };
+        let info = SubjectPublicKeyInfoRef::from_der(der)
+            .map_err(|e| invalid(format!("not a DER SubjectPublicKeyInfo ({e})")))?;
+        let oid = info.algorithm.oid.to_string();
+        match (oid.as_str(), scheme) {
+            (RSA_ENCRYPTION, _) | (RSASSA_PSS, Scheme::RsassaPssSha256) => {}
+            (RSASSA_PSS, Scheme::RsassaPkcs1v15Sha256) => {
+                return Err(invalid(
+                    "an RSASSA-PSS key cannot verify RSASSA-PKCS1-v1_5 signatures".into(),
+                ))
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "not an RSA key (algorithm {other}); RSA 2048 to 4096 bits is required"
+                )))
+            }
         }
-        .map_err(|e| VerifyError::InvalidKey(e.to_string()))?;
-        let bits = key.n().bits();
-        if !(2048..=4096).contains(&bits) {
-            return Err(VerifyError::InvalidKey(format!(
-                "RSA key has {bits} bits; 2048 to 4096 are accepted"
+        let bits = info
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| invalid("public key bits are not whole bytes".into()))?;
+        let parts = rsa::pkcs1::RsaPublicKey::from_der(bits)
+            .map_err(|e| invalid(format!("not an RSA public key ({e})")))?;
+        let n = parts.modulus.as_bytes();
+        let size = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+        if !(2048..=4096).contains(&size) {
+            return Err(invalid(format!(
+                "RSA key has {size} bits; 2048 to 4096 are accepted"
             )));
         }
-        if *key.e() != BigUint::from(65_537u32) {
-            return Err(VerifyError::InvalidKey(
-                "public exponent must be 65537".into(),
-            ));
+        let e = BigUint::from_bytes_be(parts.public_exponent.as_bytes());
+        if e != BigUint::from(65_537u32) {
+            return Err(invalid("public exponent must be 65537".into()));
         }
-        // The fingerprint is over the canonical DER, whichever form the key arrived in.
-        let der = key
-            .to_public_key_der()
-            .map_err(|e| VerifyError::InvalidKey(e.to_string()))?;
-        let fingerprint = hex(&Sha256::digest(der.as_bytes()));
+        let key =
+            RsaPublicKey::new(BigUint::from_bytes_be(n), e).map_err(|e| invalid(e.to_string()))?;
+        // The fingerprint is over the SubjectPublicKeyInfo as given: DER is canonical.
         Ok(PinnedKey {
             key,
             scheme,
-            fingerprint,
+            fingerprint: hex(&Sha256::digest(der)),
         })
     }
 
