@@ -170,7 +170,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
         // A key that cannot be used is the caller's mistake, not a verdict on the template.
         Err(refusal) if refusal.code == "invalid_key" => {
             anyhow::bail!(
-                "public key `{}`: {}",
+                "`{}`: {}",
                 args.public_key.display(),
                 refusal.message
             )
