@@ -30,7 +30,7 @@ pub struct ScanArgs {
     guard: GuardOptions,
 }
 
-/// The two halves of the guard's answer, kept as the exact bytes it wrote.
+/// The assessment half of the guard's answer, kept as the exact bytes the guard wrote.
 #[derive(Deserialize)]
 struct RawOutput<'a> {
     #[serde(borrow)]
