@@ -169,11 +169,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
         }
         // A key that cannot be used is the caller's mistake, not a verdict on the template.
         Err(refusal) if refusal.code == "invalid_key" => {
-            anyhow::bail!(
-                "`{}`: {}",
-                args.public_key.display(),
-                refusal.message
-            )
+            anyhow::bail!("`{}`: {}", args.public_key.display(), refusal.message)
         }
         Err(refusal) => {
             if args.json {
