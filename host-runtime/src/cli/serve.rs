@@ -23,6 +23,10 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let engine = Arc::new(args.guard.engine()?);
+    let mut state = AppState::new(engine, args.max_body);
+    if args.guard.now.is_some() {
+        state = state.with_fixed_now(args.guard.now()?);
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen.as_str())
@@ -30,7 +34,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr()?;
         eprintln!("sigil listening on http://{local} (POST /v1/scan, GET /healthz)");
-        axum::serve(listener, app(AppState::new(engine, args.max_body)))
+        axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("server failed")

@@ -51,6 +51,14 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// The same state with a fixed time for every request (for replaying traffic and for tests).
+    pub fn with_fixed_now(mut self, now: String) -> Self {
+        self.clock = Arc::new(move || now.clone());
+        self
+    }
+}
+
 /// The one error type of the service.
 #[derive(Debug)]
 pub struct AppError {

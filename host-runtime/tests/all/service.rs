@@ -72,6 +72,15 @@ async fn errors_point_into_the_body_as_sent() {
 }
 
 #[tokio::test]
+async fn a_fixed_now_is_used_when_the_request_has_none() {
+    let engine = Arc::new(GuardEngine::new("{}", EngineLimits::default()).unwrap());
+    let router = app(AppState::new(engine, 1 << 20).with_fixed_now("2026-12-03T12:00:00Z".into()));
+    let (status, v) = call(router, post(r#"{"text": "hello"}"#)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["profile"]["last_seen"], "2026-12-03T12:00:00Z");
+}
+
+#[tokio::test]
 async fn health() {
     let (status, v) = call(
         router(1 << 20),
