@@ -372,32 +372,47 @@ pub fn verify_template(
     }
 
     let message = pae(&envelope.payload_type, &payload);
+    // Any one signature by the pinned key is enough; a malformed one is reported only if none
+    // verifies, so one bad entry cannot veto a good one.
+    let mut first_malformed = None;
+    let mut any_well_formed = false;
     let mut verified = false;
     for (index, signature) in envelope.signatures.iter().enumerate() {
-        let bytes = STANDARD.decode(signature.sig.as_bytes()).map_err(|e| {
-            VerifyError::MalformedSignature {
-                index,
-                reason: format!("not base64: {e}"),
+        let bytes = match STANDARD.decode(signature.sig.as_bytes()) {
+            Ok(bytes) if bytes.len() == key.signature_len() => bytes,
+            Ok(bytes) => {
+                first_malformed.get_or_insert(VerifyError::MalformedSignature {
+                    index,
+                    reason: format!(
+                        "{} bytes, but the pinned key's signatures are {} bytes: truncated, or made by a key of another size",
+                        bytes.len(),
+                        key.signature_len()
+                    ),
+                });
+                continue;
             }
-        })?;
-        if bytes.len() != key.signature_len() {
-            return Err(VerifyError::MalformedSignature {
-                index,
-                reason: format!(
-                    "{} bytes, but the pinned key's signatures are {} bytes: truncated, or made by a key of another size",
-                    bytes.len(),
-                    key.signature_len()
-                ),
-            });
-        }
+            Err(e) => {
+                first_malformed.get_or_insert(VerifyError::MalformedSignature {
+                    index,
+                    reason: format!("not base64: {e}"),
+                });
+                continue;
+            }
+        };
+        any_well_formed = true;
         if key.verifies(&message, &bytes) {
             verified = true;
             break;
         }
     }
     if !verified {
-        return Err(VerifyError::BadSignature {
-            fingerprint: key.fingerprint.clone(),
+        // Only when every entry is malformed is that the answer; otherwise a well-formed
+        // signature failed, and that is what the caller must hear.
+        return Err(match first_malformed {
+            Some(malformed) if !any_well_formed => malformed,
+            _ => VerifyError::BadSignature {
+                fingerprint: key.fingerprint.clone(),
+            },
         });
     }
 

@@ -101,3 +101,28 @@ fn every_truncation_of_a_signature_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_malformed_entry_does_not_veto_a_good_signature() {
+    let dir = workspace().join("tests/vectors/templates");
+    let key = PinnedKey::from_spki(
+        &std::fs::read(dir.join("signer.pub.pem")).unwrap(),
+        Scheme::RsassaPkcs1v15Sha256,
+    )
+    .unwrap();
+    let template = std::fs::read(dir.join("template.txt")).unwrap();
+    let mut envelope: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("envelope.json")).unwrap()).unwrap();
+    let good = envelope["signatures"][0].clone();
+    envelope["signatures"] = serde_json::json!([{"keyid": "junk", "sig": "AAAA"}, good]);
+    assert!(verify_template(envelope.to_string().as_bytes(), &template, &key, None).is_ok());
+    // A well-formed signature that fails outranks a malformed one.
+    let other = PinnedKey::from_spki(
+        &std::fs::read(dir.join("other.pub.pem")).unwrap(),
+        Scheme::RsassaPkcs1v15Sha256,
+    )
+    .unwrap();
+    let err =
+        verify_template(envelope.to_string().as_bytes(), &template, &other, None).unwrap_err();
+    assert_eq!(err.code(), "bad_signature");
+}

@@ -15,15 +15,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
     /// Largest request body, in bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
-    max_body: usize,
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_body: u64,
     #[command(flatten)]
     guard: GuardOptions,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let engine = Arc::new(args.guard.engine()?);
-    let mut state = AppState::new(engine, args.max_body);
+    let mut state = AppState::new(engine, usize::try_from(args.max_body).unwrap_or(usize::MAX));
     if args.guard.now.is_some() {
         state = state.with_fixed_now(args.guard.now()?);
     }

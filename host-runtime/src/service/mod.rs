@@ -31,9 +31,13 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct AppState {
     engine: Arc<GuardEngine>,
-    /// One permit per guard instance, taken before the body is read, so neither guard calls nor
-    /// buffered bodies outgrow the pool.
-    permits: Arc<Semaphore>,
+    /// One permit per guard instance, so guard calls never outgrow the pool.
+    guard_permits: Arc<Semaphore>,
+    /// Bytes of request bodies that may be buffered at once, in KiB. A request takes its declared
+    /// length (or the whole limit when it declares none) before reading, so memory stays bounded
+    /// and clients that stall small bodies cannot hold the guard's instances.
+    body_budget: Arc<Semaphore>,
+    body_budget_kib: u32,
     clock: Arc<dyn Fn() -> String + Send + Sync>,
     max_body: usize,
 }
@@ -41,10 +45,17 @@ pub struct AppState {
 impl AppState {
     /// State around an engine, with the system clock and a body limit.
     pub fn new(engine: Arc<GuardEngine>, max_body: usize) -> Self {
-        let permits = Arc::new(Semaphore::new(engine.limits().max_instances as usize));
+        let instances = engine.limits().max_instances as usize;
+        let max_body_kib = max_body.div_ceil(1024).max(1);
+        // Room for every instance's worth of full-size bodies, and then some for small requests.
+        let budget = u32::try_from(max_body_kib.saturating_mul(instances * 2))
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
         AppState {
             engine,
-            permits,
+            guard_permits: Arc::new(Semaphore::new(instances)),
+            body_budget: Arc::new(Semaphore::new(budget as usize)),
+            body_budget_kib: budget,
             clock: Arc::new(crate::cli::now_utc),
             max_body,
         }
@@ -203,6 +214,14 @@ fn json_error(e: &serde_json::Error) -> AppError {
     AppError::new(StatusCode::BAD_REQUEST, code, e.to_string())
 }
 
+fn too_large(limit: usize) -> AppError {
+    AppError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is over the {limit}-byte limit"),
+    )
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         // Clients that send no type are taken at their word that this is JSON.
@@ -233,13 +252,31 @@ async fn scan(
             "send application/json",
         ));
     }
-    let _permit = state.permits.clone().acquire_owned().await.map_err(|_| {
+    let stopping = |_| {
         AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the service is stopping",
         )
-    })?;
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > state.max_body) {
+        return Err(too_large(state.max_body));
+    }
+    let kib = declared
+        .unwrap_or(state.max_body)
+        .div_ceil(1024)
+        .max(1)
+        .min(state.body_budget_kib as usize);
+    let _budget = state
+        .body_budget
+        .clone()
+        .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+        .await
+        .map_err(stopping)?;
     let body = match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         axum::body::to_bytes(body, state.max_body),
@@ -260,11 +297,7 @@ async fn scan(
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
             return Err(if too_large {
-                AppError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the request body is over the {}-byte limit", state.max_body),
-                )
+                self::too_large(state.max_body)
             } else {
                 AppError::new(
                     StatusCode::BAD_REQUEST,
@@ -286,6 +319,12 @@ async fn scan(
         )
     })?;
     let request = contract_request(text, (state.clock)())?;
+    let _guard = state
+        .guard_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(stopping)?;
     let engine = state.engine.clone();
     let answer = tokio::task::spawn_blocking(move || engine.assess_json(&request))
         .await

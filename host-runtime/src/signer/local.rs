@@ -132,6 +132,18 @@ impl LocalSigner {
         fs::create_dir_all(dir).map_err(io(format!("cannot create `{}`", dir.display())))?;
         let private_key = dir.join(format!("{name}.pem"));
         let public_key = dir.join(format!("{name}.pub.pem"));
+        // Either half of an existing pair is kept unless --force: nothing is written if one is there.
+        if !force {
+            if let Some(existing) = [&private_key, &public_key].into_iter().find(|p| p.exists()) {
+                return Err(SignError::Io {
+                    context: format!(
+                        "cannot create `{}` (use --force to replace a key)",
+                        existing.display()
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                });
+            }
+        }
         let mut options = OpenOptions::new();
         options.write(true);
         if force {
@@ -158,7 +170,12 @@ impl LocalSigner {
         file.write_all(signer.private_pem()?.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(io(format!("cannot write `{}`", private_key.display())))?;
-        fs::write(&public_key, signer.public_pem()?)
+        let public_pem = signer.public_pem()?;
+        let mut public_options = OpenOptions::new();
+        public_options.write(true).create(true).truncate(true);
+        public_options
+            .open(&public_key)
+            .and_then(|mut f| f.write_all(public_pem.as_bytes()))
             .map_err(io(format!("cannot write `{}`", public_key.display())))?;
         let fingerprint = fingerprint(&signer.public_der);
         Ok((
