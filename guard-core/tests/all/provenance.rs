@@ -47,29 +47,22 @@ fn every_vector_gives_its_expected_result() {
     assert!(ran >= 20, "only {ran} vectors ran");
 }
 
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(workspace().join("tests/vectors/templates").join(name)).unwrap()
+}
+
+fn pkcs1_key(name: &str) -> PinnedKey {
+    PinnedKey::from_spki(&fixture(name), Scheme::RsassaPkcs1v15Sha256).unwrap()
+}
+
 #[test]
 fn verified_template_carries_the_signed_statement() {
-    let dir = workspace().join("tests/vectors/templates");
-    let key = PinnedKey::from_spki(
-        &std::fs::read(dir.join("signer.pub.pem")).unwrap(),
-        Scheme::RsassaPkcs1v15Sha256,
-    )
-    .unwrap();
-    let der_key = PinnedKey::from_spki(
-        &std::fs::read(dir.join("signer.pub.der")).unwrap(),
-        Scheme::RsassaPkcs1v15Sha256,
-    )
-    .unwrap();
+    let key = pkcs1_key("signer.pub.pem");
+    let der_key = pkcs1_key("signer.pub.der");
     // PEM and DER of one key have one fingerprint.
     assert_eq!(key.fingerprint(), der_key.fingerprint());
-    let template = std::fs::read(dir.join("template.txt")).unwrap();
-    let t = verify_template(
-        &std::fs::read(dir.join("envelope.json")).unwrap(),
-        &template,
-        &key,
-        None,
-    )
-    .unwrap();
+    let template = fixture("template.txt");
+    let t = verify_template(&fixture("envelope.json"), &template, &key, None).unwrap();
     assert_eq!(t.statement().template_id, "demo/support");
     assert_eq!(t.statement().version, 1);
     assert_eq!(t.text().as_bytes(), template.as_slice());
@@ -78,15 +71,9 @@ fn verified_template_carries_the_signed_statement() {
 
 #[test]
 fn every_truncation_of_a_signature_is_refused() {
-    let dir = workspace().join("tests/vectors/templates");
-    let key = PinnedKey::from_spki(
-        &std::fs::read(dir.join("signer.pub.pem")).unwrap(),
-        Scheme::RsassaPkcs1v15Sha256,
-    )
-    .unwrap();
-    let template = std::fs::read(dir.join("template.txt")).unwrap();
-    let envelope: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("envelope.json")).unwrap()).unwrap();
+    let key = pkcs1_key("signer.pub.pem");
+    let template = fixture("template.txt");
+    let envelope: serde_json::Value = serde_json::from_slice(&fixture("envelope.json")).unwrap();
     let sig = envelope["signatures"][0]["sig"]
         .as_str()
         .unwrap()
@@ -104,24 +91,15 @@ fn every_truncation_of_a_signature_is_refused() {
 
 #[test]
 fn a_malformed_entry_does_not_veto_a_good_signature() {
-    let dir = workspace().join("tests/vectors/templates");
-    let key = PinnedKey::from_spki(
-        &std::fs::read(dir.join("signer.pub.pem")).unwrap(),
-        Scheme::RsassaPkcs1v15Sha256,
-    )
-    .unwrap();
-    let template = std::fs::read(dir.join("template.txt")).unwrap();
+    let key = pkcs1_key("signer.pub.pem");
+    let template = fixture("template.txt");
     let mut envelope: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("envelope.json")).unwrap()).unwrap();
+        serde_json::from_slice(&fixture("envelope.json")).unwrap();
     let good = envelope["signatures"][0].clone();
     envelope["signatures"] = serde_json::json!([{"keyid": "junk", "sig": "AAAA"}, good]);
     assert!(verify_template(envelope.to_string().as_bytes(), &template, &key, None).is_ok());
     // A well-formed signature that fails outranks a malformed one.
-    let other = PinnedKey::from_spki(
-        &std::fs::read(dir.join("other.pub.pem")).unwrap(),
-        Scheme::RsassaPkcs1v15Sha256,
-    )
-    .unwrap();
+    let other = pkcs1_key("other.pub.pem");
     let err =
         verify_template(envelope.to_string().as_bytes(), &template, &other, None).unwrap_err();
     assert_eq!(err.code(), "bad_signature");
