@@ -322,6 +322,8 @@ pub enum Obfuscation {
     Homoglyphs,
     /// Letters spaced apart ("i g n o r e") joined again.
     SpacedLetters,
+    /// Combining marks stacked on Latin letters removed.
+    Diacritics,
 }
 
 /// Encodings the decoder undoes.

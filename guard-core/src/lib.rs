@@ -44,7 +44,7 @@ pub use provenance::{
     VerifyError,
 };
 
-use rules::{RulePack, RuleSet};
+use rules::RuleSet;
 
 /// Why a JSON request could not be assessed at all.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -72,7 +72,7 @@ impl Guard {
     pub fn new(policy: Policy) -> Result<Self, PolicyError> {
         policy.validate()?;
         let builtin = if policy.rules.builtin {
-            RulePack::from_json(rules::BUILTIN_PACK)?.rules
+            rules::builtin_rules()?
         } else {
             Vec::new()
         };

@@ -14,8 +14,21 @@ use serde::{Deserialize, Serialize};
 use crate::contract::Category;
 use crate::text::{ceil_char_boundary, floor_char_boundary};
 
-/// The pack built into every guard.
-pub const BUILTIN_PACK: &str = include_str!("../../rules/core.json");
+/// The packs built into every guard: techniques and notation (`core`), and the core categories in
+/// other languages (`intl`).
+pub const BUILTIN_PACKS: [&str; 2] = [
+    include_str!("../../rules/core.json"),
+    include_str!("../../rules/intl.json"),
+];
+
+/// Every rule of the built-in packs, in pack order.
+pub fn builtin_rules() -> Result<Vec<RuleSpec>, RuleError> {
+    let mut rules = Vec::new();
+    for json in BUILTIN_PACKS {
+        rules.extend(RulePack::from_json(json)?.rules);
+    }
+    Ok(rules)
+}
 
 /// Bytes before a keyword hit that a match may start at.
 pub const WINDOW_BEFORE: usize = 160;
@@ -48,10 +61,15 @@ pub struct RuleSpec {
     pub weight: f64,
     /// What technique the rule describes.
     pub description: String,
+    /// ISO 639-1 code of the language the rule reads, such as `de`; absent for rules about
+    /// notation (delimiters, markup, encodings) that read the same in any language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
     /// Lower-case literals of the folded text; every match contains at least one. Spaces count
     /// (`" dan"` does not hit `abundant`).
     pub keywords: Vec<String>,
-    /// A `regex` pattern over the folded text. `\\b` is an ASCII word boundary.
+    /// A `regex` pattern over the folded text. `\\b` is an ASCII word boundary. Latin
+    /// letters are folded to their base letter (`é` is `e`), so patterns are written without accents.
     pub pattern: String,
     /// Folded text just before a match that cancels it ("do not ", "never ").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -301,7 +319,11 @@ mod tests {
     use crate::text::normalize;
 
     fn builtin() -> RulePack {
-        RulePack::from_json(BUILTIN_PACK).unwrap()
+        RulePack {
+            pack: "builtin".into(),
+            version: 1,
+            rules: builtin_rules().unwrap(),
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Normalization with an offset map back to the original text.
 //!
-//! Rules match a folded view of the text: NFKC, lower case, invisible and control characters
-//! removed, Cyrillic and Greek look-alikes inside Latin words folded, letters spaced apart joined,
+//! Rules match a folded view of the text: NFKC, lower case, accents on Latin letters removed,
+//! invisible and control characters removed, Cyrillic and Greek look-alikes inside Latin words folded, letters spaced apart joined,
 //! and whitespace runs collapsed to one space. Every byte of that view remembers the range of the
 //! original it came from, so a finding always points into the text the caller sent.
 
@@ -19,6 +19,7 @@ pub(crate) mod flag {
     pub const COMPAT: u8 = 1 << 2;
     pub const HOMOGLYPH: u8 = 1 << 3;
     pub const SPACED: u8 = 1 << 4;
+    pub const DIACRITIC: u8 = 1 << 5;
 }
 
 /// Longest word scanned ahead for mixed scripts; longer runs are not words.
@@ -102,6 +103,7 @@ fn flags_to_obfuscations(flags: u8) -> Vec<Obfuscation> {
         (flag::COMPAT, Obfuscation::CompatibilityForms),
         (flag::HOMOGLYPH, Obfuscation::Homoglyphs),
         (flag::SPACED, Obfuscation::SpacedLetters),
+        (flag::DIACRITIC, Obfuscation::Diacritics),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -234,6 +236,31 @@ fn latin_look_alike(c: char) -> Option<char> {
         'Ζ' => 'Z',
         _ => return None,
     })
+}
+
+/// The base letter of an accented Latin letter (`é` is `e`, `İ` is `I`), so that rules need one
+/// spelling and an accent sprinkled on an English word hides nothing.
+fn latin_base(c: char) -> Option<char> {
+    if !matches!(c, '\u{00C0}'..='\u{024F}' | '\u{1E00}'..='\u{1EFF}') {
+        return None;
+    }
+    match c {
+        'ı' => return Some('i'),
+        'ł' => return Some('l'),
+        'Ł' => return Some('L'),
+        'ø' => return Some('o'),
+        'Ø' => return Some('O'),
+        'đ' => return Some('d'),
+        'Đ' => return Some('D'),
+        _ => {}
+    }
+    let mut base = None;
+    unicode_normalization::char::decompose_canonical(c, |d| {
+        if base.is_none() {
+            base = Some(d);
+        }
+    });
+    base.filter(char::is_ascii_alphabetic)
 }
 
 /// Typographic quotes fold to ASCII so rules need one spelling.
@@ -424,13 +451,21 @@ pub fn normalize(original: &str) -> Normalized {
         } else {
             scratch.clear();
             let mut flags = 0;
+            let latin_cluster = script_of(c) == Script::Latin;
+            if latin_cluster && end - pos > clen {
+                // Marks stacked on a Latin letter as separate characters: not how words are typed.
+                flags |= flag::DIACRITIC;
+            }
             for n in cluster.nfkc() {
+                if latin_cluster && canonical_combining_class(n) != 0 {
+                    continue;
+                }
                 let n = match (word.fold, latin_look_alike(n)) {
                     (true, Some(latin)) => {
                         flags |= flag::HOMOGLYPH;
                         latin
                     }
-                    _ => ascii_quote(n).unwrap_or(n),
+                    _ => latin_base(n).or_else(|| ascii_quote(n)).unwrap_or(n),
                 };
                 scratch.extend(n.to_lowercase());
             }
@@ -503,6 +538,19 @@ mod tests {
         let all = n.text().find("all").unwrap();
         let range = n.original_range(all..all + 3);
         assert_eq!(&original[range], "ALL");
+    }
+
+    #[test]
+    fn folds_accents_on_latin_letters_only() {
+        assert_eq!(
+            folded("Ignóre précédentes İgnore"),
+            "ignore precedentes ignore"
+        );
+        // Stacked combining marks are dropped and reported; other scripts keep theirs.
+        let n = normalize("I\u{0301}g\u{0308}\u{0323}nore");
+        assert_eq!(n.text(), "ignore");
+        assert_eq!(n.obfuscations_in(0..6), vec![Obfuscation::Diacritics]);
+        assert_eq!(folded("नमस्ते й"), "नमस्ते й");
     }
 
     #[test]
