@@ -260,6 +260,12 @@ pub enum Category {
     RoleDelimiter,
     /// Getting data out: markdown images or links with interpolated data, "send to" orders.
     Exfiltration,
+    /// Forged tool or function calls, or orders to call a tool the user did not ask for.
+    ToolInjection,
+    /// Orders to join pieces of text (variables, fragments) and act on the result.
+    PayloadSplitting,
+    /// Instructions planted for the model in a document, email, web page or code comment.
+    IndirectInjection,
     /// Text hidden or disguised from a human reader.
     Obfuscation,
     /// Input that could not be analysed within the policy's limits.
@@ -275,6 +281,9 @@ impl Category {
             Category::Jailbreak => "jailbreak",
             Category::RoleDelimiter => "role_delimiter",
             Category::Exfiltration => "exfiltration",
+            Category::ToolInjection => "tool_injection",
+            Category::PayloadSplitting => "payload_splitting",
+            Category::IndirectInjection => "indirect_injection",
             Category::Obfuscation => "obfuscation",
             Category::ResourceLimit => "resource_limit",
         }
