@@ -5,9 +5,9 @@ use std::ops::Range;
 use crate::behaviour::{Profile, PROFILE_VERSION};
 use crate::contract::{
     Assessment, AssessmentInput, AssessmentOutput, Category, Encoding, Finding, FindingSource,
-    Obfuscation, Span, ToleratedError, Trust,
+    Obfuscation, Role, Segment, Span, ToleratedError, Trust,
 };
-use crate::policy::Limits;
+use crate::policy::{EmbeddedPolicy, Limits};
 use crate::risk;
 use crate::text::{self, decode, floor_char_boundary, normalize};
 use crate::time::Timestamp;
@@ -81,7 +81,21 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
         };
         budget -= scan_len;
         let scanned = text.get(..scan_len).unwrap_or_default();
-        let mut pending = scan_segment(guard, index, scanned);
+        let (mut pending, decode_limited) = scan_segment(guard, index, scanned);
+        if decode_limited {
+            errors.push(tolerated(
+                "decode_limit",
+                format!(
+                    "some encoded payloads were not decoded: over {} payloads or {} decoded bytes",
+                    decode::MAX_PAYLOADS,
+                    decode::MAX_DECODED_BYTES
+                ),
+                Some(index),
+            ));
+        }
+        if is_embedded(segment) {
+            weigh_embedded(&mut pending, guard.policy.embedded.instruction_factor);
+        }
         if scan_len < text.len() {
             errors.push(tolerated(
                 "unscanned_input",
@@ -155,81 +169,277 @@ fn span(segment: usize, bytes: Range<usize>) -> Span {
     }
 }
 
-/// Findings in one segment, with UTF-16 offsets still to fill.
-fn scan_segment(guard: &Guard, index: usize, text: &str) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let folded = normalize(text);
-    for m in guard.rules.find(folded.text()) {
-        let Some(rule) = guard.rules.rules().get(m.rule) else {
-            continue;
+/// Id of the finding for bytes hidden in variation selectors.
+pub const HIDDEN_SELECTOR_TEXT_ID: &str = "obfuscation.hidden-selector-text";
+/// Id of the finding for invisible characters inside words, or bidi overrides.
+pub const INVISIBLE_CHARACTERS_ID: &str = "obfuscation.invisible-characters";
+/// Weight of that finding: a hint on its own, more beside what the text says.
+const INVISIBLE_CHARACTERS_WEIGHT: f64 = 0.3;
+/// Invisible characters inside words before they count: one can be a copy-and-paste accident.
+const MIN_INVISIBLE_IN_WORDS: usize = 2;
+
+/// Roles whose text is content the model reads, not the user's request.
+fn is_embedded(segment: &Segment) -> bool {
+    matches!(
+        segment.role,
+        Some(Role::Document | Role::Tool | Role::Assistant)
+    )
+}
+
+/// Raises the weight of instructions found in embedded content.
+fn weigh_embedded(findings: &mut [Finding], factor: f64) {
+    for f in findings {
+        if !matches!(f.category, Category::Obfuscation | Category::ResourceLimit) {
+            f.weight = risk::round4((f.weight * factor).min(EmbeddedPolicy::MAX_WEIGHT));
+        }
+    }
+}
+
+/// The scan of one segment: every reading of it (as written, ROT13, reversed, decoded payloads
+/// and payloads inside those) goes through the same rules.
+struct SegmentScan<'a> {
+    guard: &'a Guard,
+    index: usize,
+    budget: decode::Budget,
+    out: Vec<Finding>,
+}
+
+/// Findings in one segment, with UTF-16 offsets still to fill, and whether the decoding budget
+/// ran out.
+fn scan_segment(guard: &Guard, index: usize, text: &str) -> (Vec<Finding>, bool) {
+    let mut scan = SegmentScan {
+        guard,
+        index,
+        budget: decode::Budget::default(),
+        out: Vec::new(),
+    };
+    scan.read(text, text, None, &[], 0);
+    scan.hidden_text(text);
+    (scan.out, scan.budget.exhausted())
+}
+
+impl SegmentScan<'_> {
+    /// Scans `reading`, which is the segment `original` itself (`payload` is `None`) or text
+    /// decoded from the range `payload` of it through `encodings`.
+    fn read(
+        &mut self,
+        original: &str,
+        reading: &str,
+        payload: Option<&Range<usize>>,
+        encodings: &[Encoding],
+        depth: usize,
+    ) {
+        let folded = normalize(reading);
+        let locate = |range: Range<usize>| match payload {
+            Some(p) => p.clone(),
+            None => folded.original_range(range),
         };
-        let original = folded.original_range(m.range.clone());
-        let weight = if is_quoted(folded.text(), &m.range) {
+        let scan = self.guard.rules.scan(folded.text());
+        for m in &scan.matches {
+            let quoted = is_quoted(folded.text(), &m.range);
+            let obfuscations = folded.obfuscations_in(m.range.clone());
+            self.add(
+                original,
+                m.rule,
+                locate(m.range.clone()),
+                quoted,
+                obfuscations,
+                encodings,
+            );
+        }
+        if scan.rot13_hint {
+            // ROT13 keeps every byte where it was, so ranges carry over as they are.
+            let rotated = text::rot13(folded.text());
+            let chain = with(encodings, Encoding::Rot13);
+            for m in self.guard.rules.find(&rotated) {
+                let quoted = is_quoted(&rotated, &m.range);
+                let obfuscations = folded.obfuscations_in(m.range.clone());
+                self.add(
+                    original,
+                    m.rule,
+                    locate(m.range),
+                    quoted,
+                    obfuscations,
+                    &chain,
+                );
+            }
+        }
+        if scan.reversed_hint {
+            // Reversing characters maps the byte range a..b of the reversed text to n-b..n-a.
+            let reversed: String = folded.text().chars().rev().collect();
+            let n = reversed.len();
+            let chain = with(encodings, Encoding::Reversed);
+            for m in self.guard.rules.find(&reversed) {
+                let range = n - m.range.end..n - m.range.start;
+                let quoted = is_quoted(&reversed, &m.range);
+                let obfuscations = folded.obfuscations_in(range.clone());
+                self.add(
+                    original,
+                    m.rule,
+                    locate(range),
+                    quoted,
+                    obfuscations,
+                    &chain,
+                );
+            }
+        }
+        if depth >= decode::MAX_DEPTH {
+            return;
+        }
+        let budget = &mut self.budget;
+        let mut payloads: Vec<(decode::Decoded, Encoding)> = Vec::new();
+        payloads.extend(
+            decode::base64_payloads(reading, budget)
+                .into_iter()
+                .map(|d| (d, Encoding::Base64)),
+        );
+        payloads.extend(
+            decode::hex_payloads(reading, budget)
+                .into_iter()
+                .map(|d| (d, Encoding::Hex)),
+        );
+        payloads.extend(
+            decode::percent_payloads(reading, budget)
+                .into_iter()
+                .map(|d| (d, Encoding::Percent)),
+        );
+        payloads.extend(
+            decode::selector_payloads(reading, budget)
+                .into_iter()
+                .map(|d| (d, Encoding::VariationSelectors)),
+        );
+        payloads.extend(
+            decode::tag_payloads(reading)
+                .into_iter()
+                .map(|d| (d, Encoding::UnicodeTags)),
+        );
+        payloads.extend(
+            decode::split_payloads(reading)
+                .into_iter()
+                .map(|d| (d, Encoding::Concatenation)),
+        );
+        for (decoded, encoding) in payloads {
+            let range = payload.cloned().unwrap_or_else(|| decoded.range.clone());
+            let chain = with(encodings, encoding);
+            self.read(original, &decoded.text, Some(&range), &chain, depth + 1);
+        }
+    }
+
+    /// Records a rule match at `range` of the segment, unless the same rule already matched
+    /// there through another reading.
+    fn add(
+        &mut self,
+        original: &str,
+        rule: usize,
+        range: Range<usize>,
+        quoted: bool,
+        obfuscations: Vec<Obfuscation>,
+        encodings: &[Encoding],
+    ) {
+        let Some(rule) = self.guard.rules.rules().get(rule) else {
+            return;
+        };
+        if self.out.iter().any(|f| {
+            f.id == rule.id && f.span.byte_start == range.start && f.span.byte_end == range.end
+        }) {
+            return;
+        }
+        let weight = if quoted {
             rule.weight * QUOTED_FACTOR
         } else {
             rule.weight
         };
-        out.push(Finding {
+        self.out.push(Finding {
             id: rule.id.clone(),
             category: rule.category,
             source: FindingSource::Rule,
             weight,
-            excerpt: text::excerpt(text, original.start, original.end),
-            span: span(index, original),
-            obfuscations: folded.obfuscations_in(m.range),
-            encodings: Vec::new(),
+            excerpt: text::excerpt(original, range.start, range.end),
+            span: span(self.index, range),
+            obfuscations,
+            encodings: encodings.to_vec(),
         });
     }
-    let tags = decode::tag_payloads(text);
-    // Hidden text has no business in a prompt, whatever it says.
-    for hidden in &tags {
-        out.push(Finding {
-            id: HIDDEN_TAG_TEXT_ID.to_string(),
-            category: Category::Obfuscation,
-            source: FindingSource::Rule,
-            weight: HIDDEN_TAG_TEXT_WEIGHT,
-            excerpt: text::excerpt(&hidden.text, 0, hidden.text.len()),
-            span: span(index, hidden.range.clone()),
-            obfuscations: vec![Obfuscation::InvisibleCharacters],
-            encodings: vec![Encoding::UnicodeTags],
-        });
-    }
-    let (base64, _limited) = decode::base64_payloads(text);
-    let derived = base64
-        .into_iter()
-        .map(|d| (d, Encoding::Base64))
-        .chain(
-            decode::split_payloads(text)
-                .into_iter()
-                .map(|d| (d, Encoding::Concatenation)),
-        )
-        .chain(tags.into_iter().map(|d| (d, Encoding::UnicodeTags)));
-    for (payload, encoding) in derived {
-        let folded = normalize(&payload.text);
-        for m in guard.rules.find(folded.text()) {
-            let Some(rule) = guard.rules.rules().get(m.rule) else {
-                continue;
-            };
-            // The same rule on the same span from another reading adds nothing.
-            if out
-                .iter()
-                .any(|f| f.id == rule.id && f.span.byte_start == payload.range.start)
-            {
-                continue;
-            }
-            out.push(Finding {
-                id: rule.id.clone(),
-                category: rule.category,
+
+    /// Text a reader cannot see has no business in a prompt, whatever it says.
+    fn hidden_text(&mut self, original: &str) {
+        let mut budget = decode::Budget::default();
+        let hidden = decode::tag_payloads(original)
+            .into_iter()
+            .map(|d| (d, HIDDEN_TAG_TEXT_ID, Encoding::UnicodeTags))
+            .chain(
+                decode::selector_payloads(original, &mut budget)
+                    .into_iter()
+                    .map(|d| (d, HIDDEN_SELECTOR_TEXT_ID, Encoding::VariationSelectors)),
+            );
+        for (payload, id, encoding) in hidden {
+            self.out.push(Finding {
+                id: id.to_string(),
+                category: Category::Obfuscation,
                 source: FindingSource::Rule,
-                weight: rule.weight,
-                excerpt: text::excerpt(text, payload.range.start, payload.range.end),
-                span: span(index, payload.range.clone()),
-                obfuscations: folded.obfuscations_in(m.range),
+                weight: HIDDEN_TAG_TEXT_WEIGHT,
+                excerpt: text::excerpt(&payload.text, 0, payload.text.len()),
+                span: span(self.index, payload.range),
+                obfuscations: vec![Obfuscation::InvisibleCharacters],
                 encodings: vec![encoding],
             });
         }
+        if let Some(range) = invisible_in_words(original) {
+            self.out.push(Finding {
+                id: INVISIBLE_CHARACTERS_ID.to_string(),
+                category: Category::Obfuscation,
+                source: FindingSource::Rule,
+                weight: INVISIBLE_CHARACTERS_WEIGHT,
+                excerpt: text::excerpt(original, range.start, range.end),
+                span: span(self.index, range),
+                obfuscations: vec![Obfuscation::InvisibleCharacters],
+                encodings: Vec::new(),
+            });
+        }
     }
-    out
+}
+
+fn with(encodings: &[Encoding], next: Encoding) -> Vec<Encoding> {
+    let mut chain = encodings.to_vec();
+    chain.push(next);
+    chain
+}
+
+/// The range from the first to the last invisible character set inside a Latin word, when there
+/// are enough of them, or of a bidi override (which can make text read backwards on screen).
+/// Joiners in emoji and in scripts that need them, and soft hyphens, are ordinary.
+fn invisible_in_words(text: &str) -> Option<Range<usize>> {
+    let mut first: Option<usize> = None;
+    let mut last = 0;
+    let mut count = 0usize;
+    let mut overrides = false;
+    let mut previous: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if matches!(c, '\u{202D}' | '\u{202E}') {
+            overrides = true;
+            first.get_or_insert(at);
+            last = at + c.len_utf8();
+            continue;
+        }
+        if normalize::is_invisible(c)
+            && c != '\u{00AD}'
+            && !(0xE0000..=0xE007F).contains(&u32::from(c))
+        {
+            let next = chars.peek().map(|(_, n)| *n);
+            let in_word = previous.is_some_and(|p| p.is_ascii_alphabetic())
+                && next.is_some_and(|n| n.is_ascii_alphabetic() || normalize::is_invisible(n));
+            if in_word {
+                count += 1;
+                first.get_or_insert(at);
+                last = at + c.len_utf8();
+            }
+            continue;
+        }
+        previous = Some(c);
+    }
+    let start = first?;
+    (overrides || count >= MIN_INVISIBLE_IN_WORDS).then_some(start..last)
 }
 
 /// Whether a match is set off in quotes, as when a phrase is discussed rather than said.

@@ -333,6 +333,8 @@ pub enum Obfuscation {
     SpacedLetters,
     /// Combining marks stacked on Latin letters removed.
     Diacritics,
+    /// Digits and signs standing for letters ("1gn0r3") read as letters.
+    Leetspeak,
 }
 
 /// Encodings the decoder undoes.
@@ -345,6 +347,16 @@ pub enum Encoding {
     Concatenation,
     /// Printable ASCII hidden in invisible Unicode tag characters (U+E0020 to U+E007E).
     UnicodeTags,
+    /// Hex digits, bare or as `\\x49`, `0x49`, `49 67`.
+    Hex,
+    /// URL percent-encoding.
+    Percent,
+    /// ROT13.
+    Rot13,
+    /// Text written backwards.
+    Reversed,
+    /// Bytes hidden in variation selectors.
+    VariationSelectors,
 }
 
 /// A behaviour signal about the user.

@@ -25,6 +25,9 @@ pub struct Policy {
     /// Bounds on the work one assessment may do.
     #[serde(default)]
     pub limits: Limits,
+    /// How content the user did not write (documents, tool output) is judged.
+    #[serde(default)]
+    pub embedded: EmbeddedPolicy,
     /// Overrides by tenant id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tenants: BTreeMap<String, TenantOverride>,
@@ -207,6 +210,50 @@ impl Default for Limits {
     }
 }
 
+/// How untrusted segments with the `document` or `tool` role, or an `assistant` turn, are
+/// judged. Such text is data the model reads, so an order to the model inside it is an attack on
+/// the user as much as on the operator: it weighs more than the same words in the user's request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedPolicy {
+    /// Weights of instructions found in embedded content are multiplied by this, up to 0.99.
+    /// From 1 (no difference) to 4.
+    pub instruction_factor: f64,
+    /// Thresholds applied to the findings in embedded content on their own; the stricter of the
+    /// two decisions wins. Absent: embedded findings count only toward the overall score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Thresholds>,
+}
+
+impl Default for EmbeddedPolicy {
+    fn default() -> Self {
+        EmbeddedPolicy {
+            instruction_factor: 1.25,
+            thresholds: None,
+        }
+    }
+}
+
+impl EmbeddedPolicy {
+    /// The highest weight a boosted finding reaches: boosting never makes certainty.
+    pub const MAX_WEIGHT: f64 = 0.99;
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        if !(self.instruction_factor.is_finite() && (1.0..=4.0).contains(&self.instruction_factor))
+        {
+            return Err(PolicyError::Embedded(format!(
+                "instruction_factor {} is not within [1, 4]",
+                self.instruction_factor
+            )));
+        }
+        if let Some(t) = &self.thresholds {
+            t.validate()
+                .map_err(|e| PolicyError::Embedded(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 /// What a tenant may change.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +290,9 @@ pub enum PolicyError {
     /// A disabled rule id is not in the built-in pack.
     #[error("cannot disable unknown rule `{0}`")]
     UnknownRule(String),
+    /// The embedded-content settings are out of range.
+    #[error("embedded: {0}")]
+    Embedded(String),
     /// A limit is zero.
     #[error("limit `{0}` must be at least 1")]
     Limit(&'static str),
@@ -261,6 +311,7 @@ impl Policy {
     pub fn validate(&self) -> Result<(), PolicyError> {
         self.thresholds.validate()?;
         self.actions.validate()?;
+        self.embedded.validate()?;
         for (name, value) in [
             ("max_scan_bytes", self.limits.max_scan_bytes),
             ("max_segments", self.limits.max_segments),

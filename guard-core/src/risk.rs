@@ -19,7 +19,7 @@ pub struct Decision {
 }
 
 /// Scores are reported to four decimals, so equal decisions print equally everywhere.
-fn round4(x: f64) -> f64 {
+pub(crate) fn round4(x: f64) -> f64 {
     libm::round(x * 10_000.0) / 10_000.0
 }
 

@@ -142,8 +142,36 @@ pub struct Rule {
 pub struct RuleSet {
     rules: Vec<Rule>,
     prefilter: Option<AhoCorasick>,
-    /// For each prefilter pattern, the rules that listed it.
-    keyword_rules: Vec<Vec<usize>>,
+    /// For each prefilter pattern, what a hit on it means.
+    keyword_uses: Vec<KeywordUse>,
+}
+
+/// What a hit on one prefilter pattern means. One pass over the text finds the keywords and
+/// their ROT13 and reversed spellings, so a text is only read again in those encodings when it
+/// seems to hold one.
+#[derive(Debug, Clone, Default)]
+struct KeywordUse {
+    /// Rules that listed the pattern as a keyword.
+    rules: Vec<usize>,
+    /// The pattern is the ROT13 of a keyword.
+    rot13: bool,
+    /// The pattern is a keyword spelled backwards.
+    reversed: bool,
+}
+
+/// Shortest keyword, in characters, whose ROT13 or reversed spelling hints at an encoding; a
+/// shorter one turns up by chance.
+const MIN_HINT_KEYWORD_CHARS: usize = 5;
+
+/// The matches in a text, and the encodings it seems to hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Rule matches, ordered by rule then position.
+    pub matches: Vec<RuleMatch>,
+    /// A keyword occurs in ROT13.
+    pub rot13_hint: bool,
+    /// A keyword occurs spelled backwards.
+    pub reversed_hint: bool,
 }
 
 /// A rule match in folded text.
@@ -160,7 +188,7 @@ impl RuleSet {
     pub fn compile<'a>(specs: impl IntoIterator<Item = &'a RuleSpec>) -> Result<Self, RuleError> {
         let mut rules: Vec<Rule> = Vec::new();
         let mut keywords: Vec<String> = Vec::new();
-        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        let mut keyword_uses: Vec<KeywordUse> = Vec::new();
         for spec in specs {
             let invalid = |reason| RuleError::Invalid {
                 id: spec.id.clone(),
@@ -191,17 +219,9 @@ impl RuleSet {
             })?;
             let index = rules.len();
             for keyword in &spec.keywords {
-                match keywords.iter().position(|k| k == keyword) {
-                    Some(at) => {
-                        if let Some(list) = keyword_rules.get_mut(at) {
-                            list.push(index);
-                        }
-                    }
-                    None => {
-                        keywords.push(keyword.clone());
-                        keyword_rules.push(vec![index]);
-                    }
-                }
+                add_use(&mut keywords, &mut keyword_uses, keyword, |k| {
+                    k.rules.push(index)
+                });
             }
             rules.push(Rule {
                 id: spec.id.clone(),
@@ -210,6 +230,24 @@ impl RuleSet {
                 regex,
                 unless_preceded_by: spec.unless_preceded_by.clone(),
             });
+        }
+        let plain: Vec<String> = keywords.clone();
+        for keyword in plain {
+            if keyword.chars().count() < MIN_HINT_KEYWORD_CHARS {
+                continue;
+            }
+            let rotated = crate::text::rot13(&keyword);
+            if rotated != keyword {
+                add_use(&mut keywords, &mut keyword_uses, &rotated, |k| {
+                    k.rot13 = true
+                });
+            }
+            let reversed: String = keyword.chars().rev().collect();
+            if reversed != keyword {
+                add_use(&mut keywords, &mut keyword_uses, &reversed, |k| {
+                    k.reversed = true
+                });
+            }
         }
         let prefilter = if keywords.is_empty() {
             None
@@ -224,7 +262,7 @@ impl RuleSet {
         Ok(RuleSet {
             rules,
             prefilter,
-            keyword_rules,
+            keyword_uses,
         })
     }
 
@@ -245,18 +283,26 @@ impl RuleSet {
 
     /// Every rule match in a folded text, ordered by rule then position.
     pub fn find(&self, text: &str) -> Vec<RuleMatch> {
+        self.scan(text).matches
+    }
+
+    /// Every rule match in a folded text, and whether it seems to hold ROT13 or reversed text.
+    pub fn scan(&self, text: &str) -> Scan {
+        let mut scan = Scan::default();
         let Some(prefilter) = &self.prefilter else {
-            return Vec::new();
+            return scan;
         };
         // Windows around keyword hits, merged per rule as hits arrive in order.
         let mut windows: Vec<Vec<Range<usize>>> = vec![Vec::new(); self.rules.len()];
         for hit in prefilter.find_overlapping_iter(text) {
-            let Some(rule_indexes) = self.keyword_rules.get(hit.pattern().as_usize()) else {
+            let Some(keyword) = self.keyword_uses.get(hit.pattern().as_usize()) else {
                 continue;
             };
+            scan.rot13_hint |= keyword.rot13;
+            scan.reversed_hint |= keyword.reversed;
             let window = hit.start().saturating_sub(WINDOW_BEFORE)
                 ..(hit.end() + WINDOW_AFTER).min(text.len());
-            for &rule in rule_indexes {
+            for &rule in &keyword.rules {
                 let Some(list) = windows.get_mut(rule) else {
                     continue;
                 };
@@ -269,7 +315,7 @@ impl RuleSet {
                 }
             }
         }
-        let mut matches = Vec::new();
+        let matches = &mut scan.matches;
         for (index, (rule, rule_windows)) in self.rules.iter().zip(&windows).enumerate() {
             let mut kept = 0;
             'windows: for window in rule_windows {
@@ -291,7 +337,29 @@ impl RuleSet {
                 }
             }
         }
-        matches
+        scan
+    }
+}
+
+/// Records a use of a prefilter pattern, adding the pattern if it is new.
+fn add_use(
+    patterns: &mut Vec<String>,
+    uses: &mut Vec<KeywordUse>,
+    pattern: &str,
+    record: impl FnOnce(&mut KeywordUse),
+) {
+    match patterns.iter().position(|k| k == pattern) {
+        Some(at) => {
+            if let Some(keyword) = uses.get_mut(at) {
+                record(keyword);
+            }
+        }
+        None => {
+            let mut keyword = KeywordUse::default();
+            record(&mut keyword);
+            patterns.push(pattern.to_string());
+            uses.push(keyword);
+        }
     }
 }
 

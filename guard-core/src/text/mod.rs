@@ -89,3 +89,14 @@ mod tests {
         assert_eq!(excerpt("abc", 2, 1), "");
     }
 }
+
+/// ROT13 of the ASCII letters; everything else, and every byte offset, unchanged.
+pub fn rot13(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            'a'..='m' | 'A'..='M' => char::from(c as u8 + 13),
+            'n'..='z' | 'N'..='Z' => char::from(c as u8 - 13),
+            _ => c,
+        })
+        .collect()
+}

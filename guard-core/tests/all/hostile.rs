@@ -78,7 +78,15 @@ fn findings_list_is_capped_but_the_score_is_not() {
 fn control_characters_and_odd_unicode() {
     let nasty = "\u{0}\u{1}\u{7f}\u{202e}\u{e0041}\u{fe0f}\u{fffd}\u{10ffff}\r\n\t ̈́ ́́́́́́́";
     let out = guard().assess(&AssessmentInput::from_text(nasty, NOW));
-    assert_eq!(out.assessment.level, Level::VeryLow);
+    // The right-to-left override is reported, and on its own is no reason to stop anything.
+    let ids: Vec<&str> = out
+        .assessment
+        .findings
+        .iter()
+        .map(|f| f.id.as_str())
+        .collect();
+    assert_eq!(ids, ["obfuscation.invisible-characters"]);
+    assert_eq!(out.assessment.action, guard_core::Action::Allow);
     let long_combining = format!("a{}", "\u{301}".repeat(100_000));
     let out = guard().assess(&AssessmentInput::from_text(long_combining, NOW));
     assert_eq!(out.assessment.level, Level::VeryLow);
