@@ -409,6 +409,9 @@ fn with(encodings: &[Encoding], next: Encoding) -> Vec<Encoding> {
 /// are enough of them, or of a bidi override (which can make text read backwards on screen).
 /// Joiners in emoji and in scripts that need them, and soft hyphens, are ordinary.
 fn invisible_in_words(text: &str) -> Option<Range<usize>> {
+    if text.is_ascii() {
+        return None;
+    }
     let mut first: Option<usize> = None;
     let mut last = 0;
     let mut count = 0usize;

@@ -103,6 +103,19 @@ pub fn shared_inputs(dev_prompts: usize) -> Vec<AssessmentInput> {
 }
 
 /// A realistic prompt of about 1 KiB, with an injection in the middle.
+/// Plain English prose about ordinary work, using words that rule keywords contain ("ignore",
+/// "previous", "system", "rules", "instructions") the way documents do.
+pub fn plain_prose() -> String {
+    "The quarterly review covered the new billing system and the rules for refunds. Previous \
+     reports had ignored regional differences, so this one breaks revenue down by country and \
+     explains the assumptions. The team followed the instructions from finance when it \
+     prepared the tables, and the appendix lists every source. Customer satisfaction rose \
+     slightly after the support process was simplified; the main complaint is still delivery \
+     times in rural areas. Next quarter the focus moves to onboarding: shorter forms, clearer \
+     prompts in the app, and a guide for new staff that replaces the old wiki pages. "
+        .to_string()
+}
+
 pub fn prompt_1kib() -> String {
     let mut s = String::from(
         "Please summarise the customer e-mail below for the support team and suggest a reply. \

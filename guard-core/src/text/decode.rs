@@ -161,7 +161,14 @@ pub fn hex_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
                 .is_some_and(|b| !b.is_ascii_alphanumeric());
         let prefix = hex_prefix(bytes, pos);
         if !at_boundary || hex_pair(bytes, pos + prefix).is_none() {
-            pos += 1;
+            // No run starts inside a word: skip to its end.
+            let word = bytes
+                .get(pos..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric())
+                .count();
+            pos += word.max(1);
             continue;
         }
         let start = pos;
@@ -219,6 +226,9 @@ const MIN_PERCENT_ESCAPES: usize = 3;
 pub fn percent_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
     let bytes = text.as_bytes();
     let mut found = Vec::new();
+    if memchr::memchr(b'%', bytes).is_none() {
+        return found;
+    }
     let mut pos = 0;
     while pos < bytes.len() {
         if !bytes.get(pos).is_some_and(u8::is_ascii_graphic) {
@@ -284,6 +294,10 @@ pub fn selector_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
         }
     };
     let mut found = Vec::new();
+    // Selectors are encoded as EF B8 8x or F3 A0 8x xx.
+    if memchr::memchr2(0xEF, 0xF3, text.as_bytes()).is_none() {
+        return found;
+    }
     let mut run: Option<(usize, usize, Vec<u8>)> = None;
     let mut flush = |run: Option<(usize, usize, Vec<u8>)>, found: &mut Vec<Decoded>| {
         let Some((start, end, raw)) = run else { return };
@@ -322,6 +336,10 @@ pub const MIN_TAG_TEXT_CHARS: usize = 8;
 /// to a reader, read by a model.
 pub fn tag_payloads(text: &str) -> Vec<Decoded> {
     let mut found = Vec::new();
+    // Every tag character is encoded as F3 A0 80 xx or F3 A0 81 xx.
+    if memchr::memchr(0xF3, text.as_bytes()).is_none() {
+        return found;
+    }
     let mut run: Option<(usize, usize, String)> = None;
     for (at, c) in text.char_indices() {
         let code = u32::from(c);
@@ -372,11 +390,11 @@ fn quoted_fragments(text: &str) -> Vec<Fragment<'_>> {
     let mut pos = 0;
     let bytes = text.as_bytes();
     while pos < bytes.len() && out.len() < MAX_FRAGMENTS {
+        let Some(next) = memchr::memchr2(b'\'', b'"', bytes.get(pos..).unwrap_or_default()) else {
+            break;
+        };
+        pos += next;
         let Some(&quote) = bytes.get(pos) else { break };
-        if quote != b'\'' && quote != b'"' {
-            pos += 1;
-            continue;
-        }
         // An apostrophe inside a word ("don't") opens nothing.
         let prev = text.get(..pos).and_then(|s| s.chars().next_back());
         if quote == b'\'' && prev.is_some_and(char::is_alphanumeric) {

@@ -149,6 +149,33 @@ impl Builder {
         });
     }
 
+    /// Appends ASCII letters of `original` at `orig`, lower-cased: the common case, kept cheap.
+    fn push_ascii_letters(&mut self, letters: &[u8], orig: Range<usize>) {
+        let norm_start = self.text.len();
+        self.text
+            .extend(letters.iter().map(|b| char::from(b.to_ascii_lowercase())));
+        if self.pending == 0 {
+            if let Some(last) = self.pieces.last_mut() {
+                if last.linear
+                    && last.flags == 0
+                    && last.orig_end == orig.start
+                    && norm_start - last.norm_start == last.orig_end - last.orig_start
+                {
+                    last.orig_end = orig.end;
+                    return;
+                }
+            }
+        }
+        let flags = std::mem::take(&mut self.pending);
+        self.pieces.push(Piece {
+            norm_start,
+            orig_start: orig.start,
+            orig_end: orig.end,
+            linear: true,
+            flags,
+        });
+    }
+
     fn mark(&mut self, flags: u8) {
         self.pending |= flags;
     }
@@ -431,6 +458,9 @@ fn leet_word_end(bytes: &[u8], pos: usize) -> Option<usize> {
             return None;
         }
     }
+    if stand_ins == 0 {
+        return None;
+    }
     let word = bytes.get(pos..end)?;
     let next_is_non_ascii = bytes.get(end).is_some_and(|b| !b.is_ascii());
     let email = word.contains(&b'@')
@@ -474,17 +504,23 @@ struct Word {
 }
 
 impl Word {
+    /// A word begins; `fold` says whether its look-alikes are folded.
+    fn begin(&mut self, fold: bool) {
+        if self.letters > 1 {
+            self.spaced_text = None;
+        }
+        self.in_word = true;
+        self.letters = 0;
+        self.fold = fold;
+    }
+
     /// One more character at `pos`.
     fn step(&mut self, original: &str, pos: usize, alphanumeric: bool) {
         if alphanumeric {
             if !self.in_word {
-                if self.letters > 1 {
-                    self.spaced_text = None;
-                }
-                self.in_word = true;
-                self.letters = 0;
-                self.fold =
-                    word_mixes_scripts(original, pos) || look_alike_among_latin(original, pos);
+                self.begin(
+                    word_mixes_scripts(original, pos) || look_alike_among_latin(original, pos),
+                );
             }
             self.letters += 1;
         } else {
@@ -507,6 +543,31 @@ pub fn normalize(original: &str) -> Normalized {
 
     let bytes = original.as_bytes();
     while let Some(&byte) = bytes.get(pos) {
+        // Fastest path: more letters of an ordinary word already begun.
+        if word.in_word && pos >= word.leet_end && byte.is_ascii_alphabetic() {
+            let start = pos;
+            while bytes.get(pos).is_some_and(u8::is_ascii_alphabetic)
+                && bytes.get(pos + 1).is_none_or(u8::is_ascii)
+            {
+                pos += 1;
+            }
+            if pos > start {
+                word.letters += pos - start;
+                out.push_ascii_letters(bytes.get(start..pos).unwrap_or_default(), start..pos);
+                continue;
+            }
+        }
+        // A single space between words, the commonest separator.
+        if byte == b' '
+            && bytes.get(pos + 1).is_some_and(u8::is_ascii_graphic)
+            && !(word.in_word && word.letters == 1)
+        {
+            word.in_word = false;
+            word.spaced_run = None;
+            out.push(" ", pos..pos + 1, true, 0);
+            pos += 1;
+            continue;
+        }
         // Fast path: a printable ASCII character not followed by a combining mark (which is never
         // ASCII) folds to its lower case on its own.
         if byte.is_ascii_graphic() && bytes.get(pos + 1).is_none_or(u8::is_ascii) {
@@ -551,8 +612,25 @@ pub fn normalize(original: &str) -> Normalized {
                     continue;
                 }
             }
-            if pos >= word.leet_end && !word.in_word && byte.is_ascii_alphanumeric() {
-                word.leet_end = leet_word_end(bytes, pos).unwrap_or(pos);
+            if !word.in_word && byte.is_ascii_alphanumeric() {
+                // One look at the word decides what the slower checks need to see.
+                let rest = bytes.get(pos..).unwrap_or_default();
+                let run = rest
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric())
+                    .count();
+                let after = rest.get(run).copied();
+                let may_be_leet = matches!(after, Some(b'@' | b'$'))
+                    || rest
+                        .get(..run)
+                        .is_some_and(|w| w.iter().any(u8::is_ascii_digit));
+                if pos >= word.leet_end && may_be_leet {
+                    word.leet_end = leet_word_end(bytes, pos).unwrap_or(pos);
+                }
+                if after.is_none_or(|b| b.is_ascii()) {
+                    // An ASCII word to its end mixes no scripts.
+                    word.begin(false);
+                }
             }
             let leet = if pos < word.leet_end {
                 leet_letter(byte)
@@ -568,9 +646,9 @@ pub fn normalize(original: &str) -> Normalized {
                 Some(letter) => (letter, flag::LEET),
                 None => (byte.to_ascii_lowercase(), 0),
             };
-            let folded = [folded];
+            let mut buf = [0u8; 4];
             out.push(
-                std::str::from_utf8(&folded).unwrap_or_default(),
+                char::from(folded).encode_utf8(&mut buf),
                 pos..pos + 1,
                 true,
                 flags,
