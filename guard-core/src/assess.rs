@@ -131,7 +131,22 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
 
     let (thresholds, actions) = guard.policy.for_tenant(input.context.tenant.as_deref());
     // The score uses every finding; only the list reported is capped.
-    let decision = risk::decide(&findings, &[], &thresholds, &actions);
+    let mut decision = risk::decide(&findings, &[], &thresholds, &actions);
+    if let Some(embedded_thresholds) = &guard.policy.embedded.thresholds {
+        let embedded: Vec<Finding> = findings
+            .iter()
+            .filter(|f| input.segments.get(f.span.segment).is_some_and(is_embedded))
+            .cloned()
+            .collect();
+        if !embedded.is_empty() {
+            let mut strict = risk::decide(&embedded, &[], embedded_thresholds, &actions);
+            if strict.level > decision.level {
+                strict.explanation.summary =
+                    format!("embedded content: {}", strict.explanation.summary);
+                decision = strict;
+            }
+        }
+    }
     if findings.len() > max_findings {
         errors.push(tolerated(
             "findings_truncated",

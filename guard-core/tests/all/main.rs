@@ -10,8 +10,10 @@
 
 mod cases;
 mod hostile;
+mod obfuscation;
 mod properties;
 mod provenance;
+mod segments;
 
 use std::path::PathBuf;
 

@@ -96,6 +96,9 @@ struct Report {
     by_kind: BTreeMap<String, Counts>,
     by_source: BTreeMap<String, Counts>,
     by_lang: BTreeMap<String, Counts>,
+    /// Each kind split by language, so that false positives on `benign` and `hard_benign` and
+    /// recall per kind can be read per language.
+    by_kind_and_lang: BTreeMap<String, Counts>,
     by_level: BTreeMap<String, (u64, u64)>,
 }
 
@@ -167,6 +170,14 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
                 &mut report.by_lang,
                 row.lang.clone().unwrap_or_else(unknown),
             ),
+            (
+                &mut report.by_kind_and_lang,
+                format!(
+                    "{} / {}",
+                    row.kind.clone().unwrap_or_else(unknown),
+                    row.lang.clone().unwrap_or_else(unknown)
+                ),
+            ),
         ] {
             map.entry(key).or_default().add(attack, stopped);
         }
@@ -227,6 +238,7 @@ fn print_report(out: &mut impl Write, r: &Report) -> io::Result<()> {
         ("kind", &r.by_kind),
         ("source", &r.by_source),
         ("language", &r.by_lang),
+        ("kind and language", &r.by_kind_and_lang),
     ] {
         writeln!(out, "\nBy {title} (detected = stopped)\n")?;
         writeln!(out, "{HEADER}")?;
