@@ -427,8 +427,8 @@ const NUMBER_SUFFIXES: &[&str] = &[
 
 /// If a word written in leetspeak ("1gn0r3", "p@ssw0rd") starts at `pos`, where it ends.
 ///
-/// A word qualifies when a stand-in follows a letter, or one leading stand-in precedes letters that
-/// are no number's unit: "4th", "10am", "utf8", hex digests and e-mail addresses do not.
+/// A word qualifies when a stand-in sits between letters, or leads letters that are no number's
+/// unit: "4th", "10am", "base64", "s1", hex digests and e-mail addresses do not.
 fn leet_word_end(bytes: &[u8], pos: usize) -> Option<usize> {
     // The digits of an escape (`%7b`, `\\x41`, `&#52;`) are no word.
     if pos
@@ -440,15 +440,18 @@ fn leet_word_end(bytes: &[u8], pos: usize) -> Option<usize> {
     }
     let mut end = pos;
     let (mut letters, mut stand_ins) = (0usize, 0usize);
-    let (mut stand_in_after_letter, mut letters_after_stand_in) = (false, false);
+    // Stand-ins before the first letter, between letters, and after the last one.
+    let (mut leading, mut inside, mut trailing) = (false, false, false);
     let mut all_hex = true;
     while let Some(&b) = bytes.get(end) {
         if b.is_ascii_alphabetic() {
             letters += 1;
-            letters_after_stand_in |= stand_ins > 0;
+            inside |= trailing;
+            trailing = false;
         } else if leet_letter(b).is_some() {
             stand_ins += 1;
-            stand_in_after_letter |= letters > 0;
+            leading |= letters == 0;
+            trailing |= letters > 0;
         } else if !b.is_ascii_digit() {
             break;
         }
@@ -458,26 +461,35 @@ fn leet_word_end(bytes: &[u8], pos: usize) -> Option<usize> {
             return None;
         }
     }
-    if stand_ins == 0 {
+    if stand_ins == 0 || letters == 0 {
         return None;
     }
     let word = bytes.get(pos..end)?;
     let next_is_non_ascii = bytes.get(end).is_some_and(|b| !b.is_ascii());
-    let email = word.contains(&b'@')
-        && bytes.get(end) == Some(&b'.')
-        && bytes.get(end + 1).is_some_and(u8::is_ascii_alphabetic);
-    // One leading stand-in and then letters ("0n", "4ll") is leetspeak unless the letters are
-    // the suffix or unit of a number ("4th", "10am", "5kg").
-    let leading = word.iter().take_while(|b| b.is_ascii_digit()).count();
-    let suffix = word.get(leading..).unwrap_or_default();
-    let number_with_unit = leading > 0
+    // `name@host.domain`, where the host may hold digits and hyphens.
+    let email = word.iter().position(|b| *b == b'@').is_some_and(|at| {
+        let host = bytes.get(pos + at + 1..).unwrap_or_default();
+        let host_len = host
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || **b == b'-')
+            .count();
+        host_len > 0
+            && host.get(host_len) == Some(&b'.')
+            && host.get(host_len + 1).is_some_and(u8::is_ascii_alphabetic)
+    });
+    // Leading stand-ins then letters ("0n", "4ll", "70ld") are leetspeak unless the letters are the
+    // suffix or unit of a number ("4th", "10am", "5kg"). Trailing digits alone ("base64",
+    // "s1", "mp3") are names and versions.
+    let digits = word.iter().take_while(|b| b.is_ascii_digit()).count();
+    let suffix = word.get(digits..).unwrap_or_default();
+    let number_with_unit = digits > 0
         && suffix.iter().all(u8::is_ascii_alphabetic)
-        && (leading > 1
-            || NUMBER_SUFFIXES
-                .iter()
-                .any(|u| suffix.eq_ignore_ascii_case(u.as_bytes())));
-    let qualifies = letters >= 1
-        && (stand_in_after_letter || (letters_after_stand_in && !number_with_unit))
+        && NUMBER_SUFFIXES
+            .iter()
+            .any(|u| suffix.eq_ignore_ascii_case(u.as_bytes()));
+    // "n0", "t0", "m3": a short word with an o or e swapped; "s1", "v2" are labels.
+    let short_word = matches!(word, [l, b'0' | b'3'] if l.is_ascii_alphabetic());
+    let qualifies = (inside || short_word || (leading && trailing) || (leading && !number_with_unit))
         && !all_hex
         && !word.starts_with(b"0x")
         && !email
@@ -828,7 +840,8 @@ mod tests {
         assert_eq!(n.obfuscations_in(0..6), vec![Obfuscation::Leetspeak]);
         for plain in [
             "the 4th of july at 10am",
-            "utf8 x86_64 gpt-4o 5kg 3pm %7bhistory%7d \\x4142",
+            "utf8 x86_64 gpt-4o 5kg 3pm %7bhistory%7d \\x4142 base64 s1 + s2 mp3",
+            "to attacker@evil-mail.test",
             "sha 9f86d081884c7d65 0x1f3a",
             "mail bob@example.com now",
         ] {
