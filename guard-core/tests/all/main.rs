@@ -10,6 +10,7 @@
 
 mod cases;
 mod hostile;
+mod languages;
 mod properties;
 mod provenance;
 
