@@ -10,6 +10,7 @@
 
 mod cases;
 mod hostile;
+mod languages;
 mod obfuscation;
 mod properties;
 mod provenance;
