@@ -344,20 +344,25 @@ fn look_alike_among_latin(text: &str, pos: usize) -> bool {
     if latin_look_alike(c).is_none() || single_letter_at(text, pos).is_none() {
         return false;
     }
-    let is_gap = |c: &char| *c == ' ' || u8::try_from(*c).is_ok_and(is_letter_separator);
+    // Gaps and other look-alikes say nothing; the nearest letter that is neither decides.
+    let neutral = |c: &char| {
+        *c == ' '
+            || u8::try_from(*c).is_ok_and(is_letter_separator)
+            || latin_look_alike(*c).is_some()
+    };
     let before = text
         .get(..pos)
         .unwrap_or_default()
         .chars()
         .rev()
-        .take(4)
-        .find(|c| !is_gap(c));
+        .take(16)
+        .find(|c| !neutral(c));
     let after = text
         .get(pos + c.len_utf8()..)
         .unwrap_or_default()
         .chars()
-        .take(4)
-        .find(|c| !is_gap(c));
+        .take(16)
+        .find(|c| !neutral(c));
     before.is_some_and(|b| b.is_ascii_alphabetic())
         || after.is_some_and(|a| a.is_ascii_alphabetic())
 }
@@ -420,10 +425,25 @@ fn leet_letter(b: u8) -> Option<u8> {
 
 /// Letters that follow a number as its suffix or unit rather than as leetspeak.
 const NUMBER_SUFFIXES: &[&str] = &[
-    "st", "nd", "rd", "th", "am", "pm", "s", "k", "m", "g", "x", "d", "h", "p", "b", "l", "w", "v",
-    "kb", "mb", "gb", "tb", "kg", "km", "cm", "mm", "ms", "hz", "px", "pt", "ft", "yr", "yrs",
-    "mo", "min", "sec", "ml", "kw", "mg", "lb", "lbs", "oz", "em", "rem", "bit", "dp", "o",
+    "am", "pm", "s", "k", "m", "g", "x", "d", "h", "p", "b", "l", "w", "v", "kb", "mb", "gb", "tb",
+    "kg", "km", "cm", "mm", "ms", "hz", "px", "pt", "ft", "yr", "yrs", "mo", "min", "sec", "ml",
+    "kw", "mg", "lb", "lbs", "oz", "em", "rem", "bit", "dp", "o",
 ];
+
+const ORDINAL_SUFFIXES: [&[u8]; 4] = [b"st", b"nd", b"rd", b"th"];
+
+/// Whether `suffix` is the right ordinal ending for `number` ("1st", "12th", "23rd"; not "4nd").
+fn is_ordinal(number: &[u8], suffix: &[u8]) -> bool {
+    let last = number.last().copied().unwrap_or(b'0');
+    let teen = number.len() >= 2 && number.get(number.len() - 2) == Some(&b'1');
+    let expected: &[u8] = match (teen, last) {
+        (false, b'1') => b"st",
+        (false, b'2') => b"nd",
+        (false, b'3') => b"rd",
+        _ => b"th",
+    };
+    suffix.eq_ignore_ascii_case(expected)
+}
 
 /// If a word written in leetspeak ("1gn0r3", "p@ssw0rd") starts at `pos`, where it ends.
 ///
@@ -484,16 +504,26 @@ fn leet_word_end(bytes: &[u8], pos: usize) -> Option<usize> {
     let suffix = word.get(digits..).unwrap_or_default();
     let number_with_unit = digits > 0
         && suffix.iter().all(u8::is_ascii_alphabetic)
-        && NUMBER_SUFFIXES
-            .iter()
-            .any(|u| suffix.eq_ignore_ascii_case(u.as_bytes()));
+        && match word.get(..digits) {
+            Some(number)
+                if ORDINAL_SUFFIXES
+                    .iter()
+                    .any(|o| suffix.eq_ignore_ascii_case(o)) =>
+            {
+                is_ordinal(number, suffix)
+            }
+            _ => NUMBER_SUFFIXES
+                .iter()
+                .any(|u| suffix.eq_ignore_ascii_case(u.as_bytes())),
+        };
     // "n0", "t0", "m3": a short word with an o or e swapped; "s1", "v2" are labels.
     let short_word = matches!(word, [l, b'0' | b'3'] if l.is_ascii_alphabetic());
-    let qualifies = (inside || short_word || (leading && trailing) || (leading && !number_with_unit))
-        && !all_hex
-        && !word.starts_with(b"0x")
-        && !email
-        && !next_is_non_ascii;
+    let qualifies =
+        (inside || short_word || (leading && trailing) || (leading && !number_with_unit))
+            && !all_hex
+            && !word.starts_with(b"0x")
+            && !email
+            && !next_is_non_ascii;
     qualifies.then_some(end)
 }
 

@@ -289,7 +289,8 @@ const TRANSFORMS: &[(&str, Transform, f64)] = &[
     ("spaced letters", spaced_words, 1.0),
     ("spaced letters, no word gaps", spaced_gapless, 0.0),
     ("dotted letters", dotted, 1.0),
-    ("leetspeak", leetspeak, 0.9),
+    // Stand-ins only after the letters ("byp455") read like versions ("sha256"), and are left.
+    ("leetspeak", leetspeak, 0.85),
     ("whitespace runs", whitespace_runs, 1.0),
     ("punctuation runs", punctuation_runs, 0.9),
     ("Unicode tag characters", tag_hidden, 1.0),
@@ -301,7 +302,7 @@ const TRANSFORMS: &[(&str, Transform, f64)] = &[
     ("ROT13", rot13, 1.0),
     ("reversed", reversed, 1.0),
     ("look-alikes + zero-width", homoglyphs_and_zero_width, 1.0),
-    ("leetspeak in base64", leet_in_base64, 0.9),
+    ("leetspeak in base64", leet_in_base64, 0.85),
     ("base64 in base64", base64_in_base64, 1.0),
     ("base64 in URL encoding", percent_of_base64, 1.0),
     ("reversed + zero-width", reversed_with_zero_width, 1.0),
