@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -233,7 +233,8 @@ impl RuleSet {
         }
         let plain: Vec<String> = keywords.clone();
         for keyword in plain {
-            if keyword.chars().count() < MIN_HINT_KEYWORD_CHARS {
+            // Encodings of Latin text only: other scripts' keywords would add states, not hits.
+            if keyword.len() < MIN_HINT_KEYWORD_CHARS || !keyword.is_ascii() {
                 continue;
             }
             let rotated = crate::text::rot13(&keyword);
@@ -255,7 +256,6 @@ impl RuleSet {
             Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::Standard)
-                    .kind(Some(AhoCorasickKind::DFA))
                     .build(&keywords)
                     .map_err(|e| RuleError::Malformed(e.to_string()))?,
             )

@@ -64,10 +64,11 @@ fn out_of_fuel_discards_the_instance_and_the_next_call_gets_a_fresh_one() {
 #[test]
 fn memory_limit_aborts_the_call_not_the_host() {
     let e = engine(EngineLimits {
-        memory_bytes: 24 << 20,
+        // Room for the compiled policy, not for a copy and a folded view of 30 MiB.
+        memory_bytes: 48 << 20,
         ..EngineLimits::default()
     });
-    let big = "x".repeat(20 << 20);
+    let big = "x".repeat(30 << 20);
     assert!(matches!(
         e.assess_text(&big, NOW),
         Err(EngineError::Trap(_))
