@@ -102,7 +102,6 @@ pub fn shared_inputs(dev_prompts: usize) -> Vec<AssessmentInput> {
     inputs
 }
 
-/// A realistic prompt of about 1 KiB, with an injection in the middle.
 /// Plain English prose about ordinary work, using words that rule keywords contain ("ignore",
 /// "previous", "system", "rules", "instructions") the way documents do.
 pub fn plain_prose() -> String {
@@ -116,6 +115,7 @@ pub fn plain_prose() -> String {
         .to_string()
 }
 
+/// A realistic prompt of about 1 KiB, with an injection in the middle.
 pub fn prompt_1kib() -> String {
     let mut s = String::from(
         "Please summarise the customer e-mail below for the support team and suggest a reply. \

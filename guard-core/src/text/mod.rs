@@ -69,6 +69,17 @@ pub fn excerpt(text: &str, start: usize, end: usize) -> String {
     short
 }
 
+/// ROT13 of the ASCII letters; everything else, and every byte offset, unchanged.
+pub fn rot13(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            'a'..='m' | 'A'..='M' => char::from(c as u8 + 13),
+            'n'..='z' | 'N'..='Z' => char::from(c as u8 - 13),
+            _ => c,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,15 +99,4 @@ mod tests {
         assert!(e.len() <= MAX_EXCERPT_BYTES + '…'.len_utf8());
         assert_eq!(excerpt("abc", 2, 1), "");
     }
-}
-
-/// ROT13 of the ASCII letters; everything else, and every byte offset, unchanged.
-pub fn rot13(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            'a'..='m' | 'A'..='M' => char::from(c as u8 + 13),
-            'n'..='z' | 'N'..='Z' => char::from(c as u8 - 13),
-            _ => c,
-        })
-        .collect()
 }

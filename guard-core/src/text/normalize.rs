@@ -1,8 +1,9 @@
 //! Normalization with an offset map back to the original text.
 //!
 //! Rules match a folded view of the text: NFKC, lower case, accents on Latin letters removed,
-//! invisible and control characters removed, Cyrillic and Greek look-alikes inside Latin words folded, letters spaced apart joined,
-//! and whitespace runs collapsed to one space. Every byte of that view remembers the range of the
+//! invisible and control characters removed, Cyrillic and Greek look-alikes among Latin letters
+//! folded, leetspeak read as letters, letters spaced apart joined, long punctuation runs read as
+//! a space, and whitespace runs collapsed to one space. Every byte of that view remembers the range of the
 //! original it came from, so a finding always points into the text the caller sent.
 
 use std::ops::Range;
