@@ -84,11 +84,12 @@ impl Guard {
         {
             return Err(PolicyError::UnknownRule(unknown.clone()));
         }
-        let enabled = builtin
+        let enabled_builtin = builtin
             .iter()
-            .filter(|r| !policy.rules.disabled.contains(&r.id))
-            .chain(policy.rules.extra.iter());
-        let rules = RuleSet::compile(enabled)?;
+            .filter(|r| !policy.rules.disabled.contains(&r.id));
+        let extra_from = enabled_builtin.clone().count();
+        let rules = RuleSet::compile_lazily(enabled_builtin.chain(policy.rules.extra.iter()))?;
+        rules.prepare(extra_from)?;
         Ok(Guard { policy, rules })
     }
 

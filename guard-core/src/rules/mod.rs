@@ -5,7 +5,9 @@
 //! window around each keyword hit. The `regex` crate's engines (lazy DFA, PikeVM) never
 //! backtrack, so the work is linear in the text for a fixed pack, whatever the input.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use regex::{Regex, RegexBuilder};
@@ -133,7 +135,11 @@ pub struct Rule {
     pub category: Category,
     /// Contribution to the risk.
     pub weight: f64,
-    regex: Regex,
+    /// The pattern as the regex engine gets it.
+    pattern: String,
+    /// Compiled on the first window that needs it: most rules never see a keyword in a given
+    /// text, and compiling all of them up front would dominate the cost of a new guard.
+    regex: OnceLock<Option<Regex>>,
     unless_preceded_by: Vec<String>,
 }
 
@@ -186,9 +192,21 @@ pub struct RuleMatch {
 impl RuleSet {
     /// Compiles the given rules. Ids must be unique and every rule must have keywords.
     pub fn compile<'a>(specs: impl IntoIterator<Item = &'a RuleSpec>) -> Result<Self, RuleError> {
+        let set = RuleSet::compile_lazily(specs)?;
+        set.prepare(0)?;
+        Ok(set)
+    }
+
+    /// Like [`RuleSet::compile`], but patterns are compiled when first needed, and only their
+    /// shape is checked now. For rules known to compile (the built-in packs, which the tests
+    /// compile): call [`RuleSet::prepare`] for any others.
+    pub fn compile_lazily<'a>(
+        specs: impl IntoIterator<Item = &'a RuleSpec>,
+    ) -> Result<Self, RuleError> {
         let mut rules: Vec<Rule> = Vec::new();
         let mut keywords: Vec<String> = Vec::new();
         let mut keyword_uses: Vec<KeywordUse> = Vec::new();
+        let mut keyword_index: BTreeMap<String, usize> = BTreeMap::new();
         for spec in specs {
             let invalid = |reason| RuleError::Invalid {
                 id: spec.id.clone(),
@@ -213,21 +231,23 @@ impl RuleSet {
             {
                 return Err(invalid("keywords must be lower case and not blank"));
             }
-            let regex = compile_pattern(&spec.pattern).map_err(|e| RuleError::Pattern {
-                id: spec.id.clone(),
-                reason: e.to_string(),
-            })?;
+            let pattern = engine_pattern(&spec.pattern);
             let index = rules.len();
             for keyword in &spec.keywords {
-                add_use(&mut keywords, &mut keyword_uses, keyword, |k| {
-                    k.rules.push(index)
-                });
+                add_use(
+                    &mut keywords,
+                    &mut keyword_uses,
+                    &mut keyword_index,
+                    keyword,
+                    |k| k.rules.push(index),
+                );
             }
             rules.push(Rule {
                 id: spec.id.clone(),
                 category: spec.category,
                 weight: spec.weight,
-                regex,
+                pattern,
+                regex: OnceLock::new(),
                 unless_preceded_by: spec.unless_preceded_by.clone(),
             });
         }
@@ -239,15 +259,23 @@ impl RuleSet {
             }
             let rotated = crate::text::rot13(&keyword);
             if rotated != keyword {
-                add_use(&mut keywords, &mut keyword_uses, &rotated, |k| {
-                    k.rot13 = true
-                });
+                add_use(
+                    &mut keywords,
+                    &mut keyword_uses,
+                    &mut keyword_index,
+                    &rotated,
+                    |k| k.rot13 = true,
+                );
             }
             let reversed: String = keyword.chars().rev().collect();
             if reversed != keyword {
-                add_use(&mut keywords, &mut keyword_uses, &reversed, |k| {
-                    k.reversed = true
-                });
+                add_use(
+                    &mut keywords,
+                    &mut keyword_uses,
+                    &mut keyword_index,
+                    &reversed,
+                    |k| k.reversed = true,
+                );
             }
         }
         let prefilter = if keywords.is_empty() {
@@ -265,6 +293,22 @@ impl RuleSet {
             prefilter,
             keyword_uses,
         })
+    }
+
+    /// Compiles now the patterns of the rules from index `from` on, and reports the first that
+    /// does not compile: rules given in a policy are refused when it loads, not skipped later.
+    pub fn prepare(&self, from: usize) -> Result<(), RuleError> {
+        for rule in self.rules.iter().skip(from) {
+            if let Err(e) = compile_pattern(&rule.pattern) {
+                return Err(RuleError::Pattern {
+                    id: rule.id.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            // Keep the compiled program, since it was built anyway.
+            let _ = rule.regex();
+        }
+        Ok(())
     }
 
     /// The compiled rules, in pack order.
@@ -325,7 +369,10 @@ impl RuleSet {
                 let Some(slice) = text.get(start..end) else {
                     continue;
                 };
-                for m in rule.regex.find_iter(slice) {
+                let Some(regex) = rule.regex() else {
+                    continue 'windows;
+                };
+                for m in regex.find_iter(slice) {
                     let range = start + m.start()..start + m.end();
                     if rule.cancelled_by_prefix(text, range.start) {
                         continue;
@@ -346,11 +393,12 @@ impl RuleSet {
 fn add_use(
     patterns: &mut Vec<String>,
     uses: &mut Vec<KeywordUse>,
+    index: &mut BTreeMap<String, usize>,
     pattern: &str,
     record: impl FnOnce(&mut KeywordUse),
 ) {
-    match patterns.iter().position(|k| k == pattern) {
-        Some(at) => {
+    match index.get(pattern) {
+        Some(&at) => {
             if let Some(keyword) = uses.get_mut(at) {
                 record(keyword);
             }
@@ -358,22 +406,39 @@ fn add_use(
         None => {
             let mut keyword = KeywordUse::default();
             record(&mut keyword);
+            index.insert(pattern.to_string(), patterns.len());
             patterns.push(pattern.to_string());
             uses.push(keyword);
         }
     }
 }
 
-/// Compiles a rule pattern. `\b` means an ASCII word boundary, as rules were written for; the
-/// Unicode one would need tables and slower engines. The DFA cache is bounded per rule.
+/// A rule pattern as the engine reads it. `\b` means an ASCII word boundary, as rules were
+/// written for; the Unicode one would need tables and slower engines.
+fn engine_pattern(pattern: &str) -> String {
+    pattern.replace("\\b", "(?-u:\\b)")
+}
+
+/// Size limits of a compiled rule: its program, and the lazy DFA's cache.
+const REGEX_SIZE_LIMIT: usize = 4 << 20;
+const DFA_SIZE_LIMIT: usize = 1 << 20;
+
 fn compile_pattern(pattern: &str) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(&pattern.replace("\\b", "(?-u:\\b)"))
-        .size_limit(4 << 20)
-        .dfa_size_limit(1 << 20)
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(DFA_SIZE_LIMIT)
         .build()
 }
 
 impl Rule {
+    /// The compiled pattern; `None` if it does not compile, which [`RuleSet::prepare`] reports
+    /// for rules that come from a policy and the tests rule out for the built-in packs.
+    fn regex(&self) -> Option<&Regex> {
+        self.regex
+            .get_or_init(|| compile_pattern(&self.pattern).ok())
+            .as_ref()
+    }
+
     fn cancelled_by_prefix(&self, text: &str, start: usize) -> bool {
         let before = text.get(..start).unwrap_or_default();
         self.unless_preceded_by
@@ -400,6 +465,8 @@ mod tests {
         let pack = builtin();
         let set = RuleSet::compile(&pack.rules).unwrap();
         assert!(set.len() >= 20, "only {} rules", set.len());
+        // Every built-in pattern fits the engine's limits, so none is ever skipped.
+        set.prepare(0).unwrap();
     }
 
     /// Every rule's own examples, through the same normalization the guard uses.
