@@ -9,6 +9,7 @@
 )]
 
 mod cases;
+mod decoding;
 mod hostile;
 mod languages;
 mod obfuscation;
