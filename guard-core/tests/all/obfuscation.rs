@@ -287,7 +287,7 @@ const TRANSFORMS: &[(&str, Transform, f64)] = &[
     ("accented letters", accents, 1.0),
     ("alternating case", alternating_case, 1.0),
     ("spaced letters", spaced_words, 1.0),
-    ("spaced letters, no word gaps", spaced_gapless, 0.0),
+    ("spaced letters, no word gaps", spaced_gapless, 0.9),
     ("dotted letters", dotted, 1.0),
     // Stand-ins only after the letters ("byp455") read like versions ("sha256"), and are left.
     ("leetspeak", leetspeak, 0.85),
