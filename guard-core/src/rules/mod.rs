@@ -10,7 +10,9 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use regex::{Regex, RegexBuilder};
+use regex_automata::meta::{self, Regex};
+use regex_automata::util::syntax;
+use regex_automata::Input;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::Category;
@@ -366,14 +368,14 @@ impl RuleSet {
             'windows: for window in rule_windows {
                 let start = floor_char_boundary(text, window.start);
                 let end = ceil_char_boundary(text, window.end);
-                let Some(slice) = text.get(start..end) else {
-                    continue;
-                };
                 let Some(regex) = rule.regex() else {
                     continue 'windows;
                 };
-                for m in regex.find_iter(slice) {
-                    let range = start + m.start()..start + m.end();
+                // The search is bounded to the window, but `^` and `\b` see the text around
+                // it: a window that starts inside a word is not the start of one.
+                let input = Input::new(text).range(start..end);
+                for m in regex.find_iter(input) {
+                    let range = m.start()..m.end();
                     if rule.cancelled_by_prefix(text, range.start) {
                         continue;
                     }
@@ -423,11 +425,15 @@ fn engine_pattern(pattern: &str) -> String {
 const REGEX_SIZE_LIMIT: usize = 4 << 20;
 const DFA_SIZE_LIMIT: usize = 1 << 20;
 
-fn compile_pattern(pattern: &str) -> Result<Regex, regex::Error> {
-    RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(DFA_SIZE_LIMIT)
-        .build()
+fn compile_pattern(pattern: &str) -> Result<Regex, meta::BuildError> {
+    Regex::builder()
+        .configure(
+            Regex::config()
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+                .hybrid_cache_capacity(DFA_SIZE_LIMIT),
+        )
+        .syntax(syntax::Config::new())
+        .build(pattern)
 }
 
 impl Rule {
@@ -522,6 +528,24 @@ mod tests {
             RuleSet::compile([&spec, &spec]),
             Err(RuleError::DuplicateId(_))
         ));
+    }
+
+    /// A window may start inside a word; anchors and word boundaries must still see the text
+    /// before it.
+    #[test]
+    fn window_edges_are_not_text_edges() {
+        let mut spec = builtin().rules[0].clone();
+        spec.keywords = vec!["k".into()];
+        for pattern in ["^abc", "\\babc"] {
+            spec.pattern = pattern.into();
+            let set = RuleSet::compile([&spec]).unwrap();
+            // The window of the hit on `k` starts exactly at `abc`, which follows an `x`.
+            let text = format!("xabc{}k", " ".repeat(WINDOW_BEFORE - 3));
+            assert_eq!(text.find('k').unwrap() - WINDOW_BEFORE, 1);
+            assert!(set.find(&text).is_empty(), "{pattern} matched mid-text");
+            let text = format!("abc{}k", " ".repeat(WINDOW_BEFORE - 3));
+            assert_eq!(set.find(&text).len(), 1, "{pattern} missed at the start");
+        }
     }
 
     #[test]
