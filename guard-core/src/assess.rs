@@ -431,30 +431,36 @@ fn invisible_in_words(text: &str) -> Option<Range<usize>> {
     let mut last = 0;
     let mut count = 0usize;
     let mut overrides = false;
-    let mut previous: Option<char> = None;
+    // The last visible character and where it starts: the evidence includes the letters an
+    // invisible character sits between.
+    let mut previous: Option<(usize, char)> = None;
     let mut chars = text.char_indices().peekable();
     while let Some((at, c)) = chars.next() {
         if matches!(c, '\u{202D}' | '\u{202E}') {
             overrides = true;
             first.get_or_insert(at);
-            last = at + c.len_utf8();
+            last = last.max(at + c.len_utf8());
             continue;
         }
         if normalize::is_invisible(c)
             && c != '\u{00AD}'
             && !(0xE0000..=0xE007F).contains(&u32::from(c))
         {
-            let next = chars.peek().map(|(_, n)| *n);
-            let in_word = previous.is_some_and(|p| p.is_ascii_alphabetic())
-                && next.is_some_and(|n| n.is_ascii_alphabetic() || normalize::is_invisible(n));
-            if in_word {
+            let next = chars.peek().copied();
+            let in_word = previous.is_some_and(|(_, p)| p.is_ascii_alphabetic())
+                && next.is_some_and(|(_, n)| n.is_ascii_alphabetic() || normalize::is_invisible(n));
+            if let (true, Some((before, _))) = (in_word, previous) {
                 count += 1;
-                first.get_or_insert(at);
-                last = at + c.len_utf8();
+                first.get_or_insert(before);
+                let after = match next {
+                    Some((n_at, n)) if n.is_ascii_alphabetic() => n_at + n.len_utf8(),
+                    _ => at + c.len_utf8(),
+                };
+                last = last.max(after);
             }
             continue;
         }
-        previous = Some(c);
+        previous = Some((at, c));
     }
     let start = first?;
     (overrides || count >= MIN_INVISIBLE_IN_WORDS).then_some(start..last)

@@ -152,24 +152,57 @@ pub struct RuleSet {
     prefilter: Option<AhoCorasick>,
     /// For each prefilter pattern, what a hit on it means.
     keyword_uses: Vec<KeywordUse>,
+    /// Words of attacks in ROT13 (patterns `0..n`) and spelled backwards (`n..`).
+    encoding_hints: AhoCorasick,
 }
 
-/// What a hit on one prefilter pattern means. One pass over the text finds the keywords and
-/// their ROT13 and reversed spellings, so a text is only read again in those encodings when it
-/// seems to hold one.
+/// What a hit on one prefilter pattern means.
 #[derive(Debug, Clone, Default)]
 struct KeywordUse {
     /// Rules that listed the pattern as a keyword.
     rules: Vec<usize>,
-    /// The pattern is the ROT13 of a keyword.
-    rot13: bool,
-    /// The pattern is a keyword spelled backwards.
-    reversed: bool,
 }
 
-/// Shortest keyword, in characters, whose ROT13 or reversed spelling hints at an encoding; a
-/// shorter one turns up by chance.
-const MIN_HINT_KEYWORD_CHARS: usize = 5;
+/// Words whose ROT13 or reversed spelling says a text is worth reading again in that encoding:
+/// the vocabulary of attacks, and the commonest English words (ROT13 turns "the" into "gur").
+/// A hint costs one more reading of the text, never a finding by itself, and a small fixed set
+/// is found by a SIMD search far faster than by widening the keyword pass.
+const ENCODING_HINT_WORDS: [&str; 22] = [
+    "ignore",
+    "instruction",
+    "previous",
+    "system",
+    "prompt",
+    "rules",
+    "disregard",
+    "forget",
+    "jailbreak",
+    "developer",
+    "reveal",
+    "bypass",
+    "override",
+    "pretend",
+    "restriction",
+    "filter",
+    "anything",
+    "without",
+    " the ",
+    " and ",
+    "you ",
+    "your ",
+];
+
+fn encoding_hints() -> Result<AhoCorasick, RuleError> {
+    let rot13 = ENCODING_HINT_WORDS.iter().map(|w| crate::text::rot13(w));
+    let reversed = ENCODING_HINT_WORDS
+        .iter()
+        .map(|w| w.chars().rev().collect::<String>());
+    let patterns: Vec<String> = rot13.chain(reversed).collect();
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostFirst)
+        .build(&patterns)
+        .map_err(|e| RuleError::Malformed(e.to_string()))
+}
 
 /// The matches in a text, and the encodings it seems to hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -253,33 +286,6 @@ impl RuleSet {
                 unless_preceded_by: spec.unless_preceded_by.clone(),
             });
         }
-        let plain: Vec<String> = keywords.clone();
-        for keyword in plain {
-            // Encodings of Latin text only: other scripts' keywords would add states, not hits.
-            if keyword.len() < MIN_HINT_KEYWORD_CHARS || !keyword.is_ascii() {
-                continue;
-            }
-            let rotated = crate::text::rot13(&keyword);
-            if rotated != keyword {
-                add_use(
-                    &mut keywords,
-                    &mut keyword_uses,
-                    &mut keyword_index,
-                    &rotated,
-                    |k| k.rot13 = true,
-                );
-            }
-            let reversed: String = keyword.chars().rev().collect();
-            if reversed != keyword {
-                add_use(
-                    &mut keywords,
-                    &mut keyword_uses,
-                    &mut keyword_index,
-                    &reversed,
-                    |k| k.reversed = true,
-                );
-            }
-        }
         let prefilter = if keywords.is_empty() {
             None
         } else {
@@ -294,6 +300,7 @@ impl RuleSet {
             rules,
             prefilter,
             keyword_uses,
+            encoding_hints: encoding_hints()?,
         })
     }
 
@@ -336,6 +343,16 @@ impl RuleSet {
     /// Every rule match in a folded text, and whether it seems to hold ROT13 or reversed text.
     pub fn scan(&self, text: &str) -> Scan {
         let mut scan = Scan::default();
+        for hit in self.encoding_hints.find_iter(text) {
+            if hit.pattern().as_usize() < ENCODING_HINT_WORDS.len() {
+                scan.rot13_hint = true;
+            } else {
+                scan.reversed_hint = true;
+            }
+            if scan.rot13_hint && scan.reversed_hint {
+                break;
+            }
+        }
         let Some(prefilter) = &self.prefilter else {
             return scan;
         };
@@ -345,8 +362,6 @@ impl RuleSet {
             let Some(keyword) = self.keyword_uses.get(hit.pattern().as_usize()) else {
                 continue;
             };
-            scan.rot13_hint |= keyword.rot13;
-            scan.reversed_hint |= keyword.reversed;
             let window = hit.start().saturating_sub(WINDOW_BEFORE)
                 ..(hit.end() + WINDOW_AFTER).min(text.len());
             for &rule in &keyword.rules {
