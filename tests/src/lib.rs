@@ -102,6 +102,23 @@ pub fn shared_inputs(dev_prompts: usize) -> Vec<AssessmentInput> {
     inputs
 }
 
+/// Benign English prompts of the dev split, one after another: ordinary text as users send it.
+pub fn benign_english_text() -> String {
+    let mut out = String::new();
+    let path = shared().join("data/prompts/dev.jsonl");
+    let data = std::fs::read_to_string(&path).unwrap_or_default();
+    for line in data.lines() {
+        let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if row["label"] == "benign" && row["lang"] == "en" {
+            out.push_str(row["text"].as_str().unwrap_or_default());
+            out.push_str("\n\n");
+        }
+    }
+    out
+}
+
 /// Plain English prose about ordinary work, using words that rule keywords contain ("ignore",
 /// "previous", "system", "rules", "instructions") the way documents do.
 pub fn plain_prose() -> String {

@@ -230,12 +230,17 @@ pub fn percent_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
         return found;
     }
     let mut pos = 0;
-    while pos < bytes.len() {
-        if !bytes.get(pos).is_some_and(u8::is_ascii_graphic) {
-            pos += 1;
-            continue;
-        }
-        let start = pos;
+    // Runs are looked at only where a `%` is: jump from one to the next.
+    while let Some(percent) = memchr::memchr(b'%', bytes.get(pos..).unwrap_or_default()) {
+        let at = pos + percent;
+        let start = pos
+            + bytes
+                .get(pos..at)
+                .unwrap_or_default()
+                .iter()
+                .rposition(|b| !b.is_ascii_graphic())
+                .map_or(0, |i| i + 1);
+        pos = at;
         while bytes.get(pos).is_some_and(u8::is_ascii_graphic) {
             pos += 1;
         }
@@ -314,15 +319,20 @@ pub fn selector_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
             }
         }
     };
-    for (at, c) in text.char_indices() {
-        match selector_byte(c) {
-            Some(byte) => {
-                let (_, end, raw) = run.get_or_insert_with(|| (at, at, Vec::new()));
-                *end = at + c.len_utf8();
-                raw.push(byte);
-            }
-            None => flush(run.take(), &mut found),
+    // Only lead bytes EF and F3 can start a selector: jump between them.
+    for at in memchr::memchr2_iter(0xEF, 0xF3, text.as_bytes()) {
+        let Some(c) = text.get(at..).and_then(|rest| rest.chars().next()) else {
+            continue;
+        };
+        let Some(byte) = selector_byte(c) else {
+            continue;
+        };
+        if run.as_ref().is_some_and(|(_, end, _)| *end != at) {
+            flush(run.take(), &mut found);
         }
+        let (_, end, raw) = run.get_or_insert_with(|| (at, at, Vec::new()));
+        *end = at + c.len_utf8();
+        raw.push(byte);
     }
     flush(run, &mut found);
     found
@@ -491,20 +501,27 @@ pub fn split_payloads(text: &str) -> Vec<Decoded> {
     if fragments.len() < 2 {
         return Vec::new();
     }
-    let lower = text.to_lowercase();
-    let asks_to_join = [
-        "concatenat",
-        "combine",
-        "join ",
-        "put together",
-        "append",
-        "merge",
-    ]
-    .iter()
-    .any(|w| lower.contains(w));
+    // Only asked when the fragments give no order of their own; ASCII case folding is enough.
+    let asks_to_join = || {
+        [
+            "concatenat",
+            "combine",
+            "join ",
+            "put together",
+            "append",
+            "merge",
+        ]
+        .iter()
+        .any(|w| {
+            text.as_bytes()
+                .windows(w.len())
+                .any(|window| window.eq_ignore_ascii_case(w.as_bytes()))
+        })
+    };
     // `a + b + c` over assigned names fixes the order.
     let mut ordered: Vec<&Fragment<'_>> = Vec::new();
-    for chain in plus_chains(text) {
+    let named = fragments.iter().filter(|f| f.name.is_some()).count() >= 2;
+    for chain in if named { plus_chains(text) } else { Vec::new() } {
         let picked: Vec<&Fragment<'_>> = chain
             .iter()
             .filter_map(|n| fragments.iter().find(|f| f.name == Some(*n)))
@@ -539,7 +556,7 @@ pub fn split_payloads(text: &str) -> Vec<Decoded> {
         }
     }
     if ordered.is_empty() {
-        if !asks_to_join {
+        if !asks_to_join() {
             return Vec::new();
         }
         ordered = fragments.iter().collect();
