@@ -414,7 +414,7 @@ fn quoted_fragments(text: &str) -> Vec<Fragment<'_>> {
         let body_start = pos + 1;
         let Some(len) = text
             .get(body_start..)
-            .and_then(|rest| rest.find(|c: char| c == char::from(quote) || c == '\n'))
+            .and_then(|rest| memchr::memchr2(quote, b'\n', rest.as_bytes()))
         else {
             break;
         };
@@ -491,6 +491,27 @@ fn plus_chains(text: &str) -> Vec<Vec<&str>> {
     chains
 }
 
+/// Orders to join pieces, in any case.
+fn join_words() -> Option<&'static aho_corasick::AhoCorasick> {
+    static WORDS: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> =
+        std::sync::OnceLock::new();
+    WORDS
+        .get_or_init(|| {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build([
+                    "concatenat",
+                    "combine",
+                    "join ",
+                    "put together",
+                    "append",
+                    "merge",
+                ])
+                .ok()
+        })
+        .as_ref()
+}
+
 /// Payloads split into quoted pieces and joined by an expression (`x + y`) or an order to join
 /// them ("concatenate the strings"), put back together.
 ///
@@ -501,23 +522,8 @@ pub fn split_payloads(text: &str) -> Vec<Decoded> {
     if fragments.len() < 2 {
         return Vec::new();
     }
-    // Only asked when the fragments give no order of their own; ASCII case folding is enough.
-    let asks_to_join = || {
-        [
-            "concatenat",
-            "combine",
-            "join ",
-            "put together",
-            "append",
-            "merge",
-        ]
-        .iter()
-        .any(|w| {
-            text.as_bytes()
-                .windows(w.len())
-                .any(|window| window.eq_ignore_ascii_case(w.as_bytes()))
-        })
-    };
+    // Only asked when the fragments give no order of their own.
+    let asks_to_join = || join_words().is_some_and(|words| words.is_match(text));
     // `a + b + c` over assigned names fixes the order.
     let mut ordered: Vec<&Fragment<'_>> = Vec::new();
     let named = fragments.iter().filter(|f| f.name.is_some()).count() >= 2;
