@@ -447,47 +447,72 @@ fn quoted_fragments(text: &str) -> Vec<Fragment<'_>> {
     out
 }
 
-/// Chains of identifiers joined by `+` (`x + y + z`), as lists of names.
-fn plus_chains(text: &str) -> Vec<Vec<&str>> {
-    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
-    let mut tokens: Vec<&str> = Vec::new();
-    let mut pos = 0;
-    while let Some(c) = text.get(pos..).and_then(|s| s.chars().next()) {
-        if is_ident(c) {
-            let len = text
-                .get(pos..)
-                .and_then(|s| s.find(|c: char| !is_ident(c)))
-                .unwrap_or(text.len() - pos);
-            tokens.push(text.get(pos..pos + len).unwrap_or_default());
-            pos += len;
-        } else {
-            if c == '+' {
-                tokens.push("+");
-            } else if !c.is_whitespace() {
-                tokens.push("");
+/// Longest identifier read around a `+`.
+const MAX_IDENT_BYTES: usize = 64;
+
+fn is_ident(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// The identifier that ends just before `at`, spaces skipped: its range.
+fn ident_before(text: &str, at: usize) -> Option<Range<usize>> {
+    let head = text.get(..at)?.trim_end_matches(' ');
+    let end = head.len();
+    let start = head
+        .char_indices()
+        .rev()
+        .take_while(|(i, c)| is_ident(*c) && end - i <= MAX_IDENT_BYTES)
+        .last()
+        .map(|(i, _)| i)?;
+    Some(start..end)
+}
+
+/// The identifier that starts just after `at`, spaces skipped: its range.
+fn ident_after(text: &str, at: usize) -> Option<Range<usize>> {
+    let tail = text.get(at..)?;
+    let start = at + (tail.len() - tail.trim_start_matches(' ').len());
+    let len: usize = text
+        .get(start..)?
+        .chars()
+        .take_while(|c| is_ident(*c))
+        .map(char::len_utf8)
+        .take_while({
+            let mut total = 0;
+            move |l| {
+                total += l;
+                total <= MAX_IDENT_BYTES
             }
-            pos += c.len_utf8();
+        })
+        .sum();
+    (len > 0).then_some(start..start + len)
+}
+
+/// Chains of identifiers joined by `+` (`x + y + z`), as lists of names. Only the text around
+/// each `+` is read.
+fn plus_chains(text: &str) -> Vec<Vec<&str>> {
+    fn flush<'t>(chain: &mut Vec<&'t str>, chains: &mut Vec<Vec<&'t str>>) {
+        if chain.len() >= 2 {
+            chains.push(std::mem::take(chain));
         }
+        chain.clear();
     }
     let mut chains = Vec::new();
-    let mut i = 0;
-    while i + 2 < tokens.len() {
-        let is_name = |t: &str| !t.is_empty() && t != "+";
-        if tokens.get(i).is_some_and(|t| is_name(t)) && tokens.get(i + 1) == Some(&"+") {
-            let mut chain = vec![tokens.get(i).copied().unwrap_or_default()];
-            let mut j = i + 1;
-            while tokens.get(j) == Some(&"+") && tokens.get(j + 1).is_some_and(|t| is_name(t)) {
-                chain.push(tokens.get(j + 1).copied().unwrap_or_default());
-                j += 2;
+    let mut chain: Vec<&str> = Vec::new();
+    let mut chain_end = 0;
+    for plus in memchr::memchr_iter(b'+', text.as_bytes()) {
+        match (ident_before(text, plus), ident_after(text, plus + 1)) {
+            (Some(before), Some(after)) => {
+                if chain.is_empty() || before.end != chain_end {
+                    flush(&mut chain, &mut chains);
+                    chain.push(text.get(before).unwrap_or_default());
+                }
+                chain.push(text.get(after.clone()).unwrap_or_default());
+                chain_end = after.end;
             }
-            if chain.len() >= 2 {
-                chains.push(chain);
-            }
-            i = j.max(i + 1);
-        } else {
-            i += 1;
+            _ => flush(&mut chain, &mut chains),
         }
     }
+    flush(&mut chain, &mut chains);
     chains
 }
 
