@@ -440,7 +440,8 @@ fn engine_pattern(pattern: &str) -> String {
 const REGEX_SIZE_LIMIT: usize = 4 << 20;
 const DFA_SIZE_LIMIT: usize = 1 << 20;
 
-fn compile_pattern(pattern: &str) -> Result<Regex, meta::BuildError> {
+/// The error is boxed: `meta::BuildError` is large, and only its message is kept.
+fn compile_pattern(pattern: &str) -> Result<Regex, Box<meta::BuildError>> {
     Regex::builder()
         .configure(
             Regex::config()
@@ -449,6 +450,7 @@ fn compile_pattern(pattern: &str) -> Result<Regex, meta::BuildError> {
         )
         .syntax(syntax::Config::new())
         .build(pattern)
+        .map_err(Box::new)
 }
 
 impl Rule {
