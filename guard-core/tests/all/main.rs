@@ -11,6 +11,7 @@
 mod cases;
 mod decoding;
 mod hostile;
+mod keywords;
 mod languages;
 mod obfuscation;
 mod properties;
