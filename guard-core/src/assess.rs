@@ -17,6 +17,8 @@ use crate::Guard;
 pub const UNSCANNED_ID: &str = "limit.unscanned-input";
 /// Weight of that finding: enough to hold the input for review, since nobody read it.
 const UNSCANNED_WEIGHT: f64 = 0.65;
+/// Id of the finding for encoded payloads left undecoded (too many, too large, too deep).
+pub const UNDECODED_ID: &str = "limit.undecoded-payload";
 /// Id of the finding for text hidden in Unicode tag characters.
 pub const HIDDEN_TAG_TEXT_ID: &str = "obfuscation.hidden-tag-text";
 /// Weight of that finding: a warning on its own; with what the text says, more.
@@ -86,9 +88,11 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
             errors.push(tolerated(
                 "decode_limit",
                 format!(
-                    "some encoded payloads were not decoded: over {} payloads or {} decoded bytes",
+                    "some encoded payloads were not decoded: over {} payloads, {} decoded bytes \
+                     or {} encodings deep",
                     decode::MAX_PAYLOADS,
-                    decode::MAX_DECODED_BYTES
+                    decode::MAX_DECODED_BYTES,
+                    decode::MAX_DEPTH
                 ),
                 Some(index),
             ));
@@ -217,20 +221,42 @@ struct SegmentScan<'a> {
     index: usize,
     budget: decode::Budget,
     out: Vec<Finding>,
+    /// The outermost range of a payload that held another past the depth limit.
+    too_deep: Option<Range<usize>>,
 }
 
-/// Findings in one segment, with UTF-16 offsets still to fill, and whether the decoding budget
-/// ran out.
+/// Findings in one segment, with UTF-16 offsets still to fill, and whether some payload was left
+/// undecoded (the budget ran out, or the nesting went past the depth limit).
 fn scan_segment(guard: &Guard, index: usize, text: &str) -> (Vec<Finding>, bool) {
     let mut scan = SegmentScan {
         guard,
         index,
         budget: decode::Budget::default(),
         out: Vec::new(),
+        too_deep: None,
     };
     scan.read(text, text, None, &[], 0);
     scan.hidden_text(text);
-    (scan.out, scan.budget.exhausted())
+    // What was not decoded was not read: like input past the scan limit, it is held for review
+    // rather than let through, or hiding an attack would only take one more layer or more junk.
+    let undecoded = match (scan.budget.exhausted(), scan.too_deep.take()) {
+        (true, _) => Some(0..text.len()),
+        (false, Some(range)) => Some(range),
+        (false, None) => None,
+    };
+    if let Some(range) = &undecoded {
+        scan.out.push(Finding {
+            id: UNDECODED_ID.to_string(),
+            category: Category::ResourceLimit,
+            source: FindingSource::Rule,
+            weight: UNSCANNED_WEIGHT,
+            excerpt: text::excerpt(text, range.start, range.end.min(range.start + 64)),
+            span: span(index, range.clone()),
+            obfuscations: Vec::new(),
+            encodings: Vec::new(),
+        });
+    }
+    (scan.out, undecoded.is_some())
 }
 
 impl SegmentScan<'_> {
@@ -299,6 +325,14 @@ impl SegmentScan<'_> {
             }
         }
         if depth >= decode::MAX_DEPTH {
+            // Only whether there is more to decode matters now, not what it says.
+            let mut probe = decode::Budget::default();
+            let deeper = !decode::base64_payloads(reading, &mut probe).is_empty()
+                || !decode::hex_payloads(reading, &mut probe).is_empty()
+                || !decode::percent_payloads(reading, &mut probe).is_empty();
+            if deeper && self.too_deep.is_none() {
+                self.too_deep = payload.cloned();
+            }
             return;
         }
         let budget = &mut self.budget;

@@ -52,14 +52,19 @@ impl Budget {
         true
     }
 
-    /// Takes a decoded payload of `len` bytes out of the budget, or refuses it.
-    fn take(&mut self, len: usize) -> bool {
-        if self.payloads == 0 || len > self.bytes {
+    /// Takes a decoded payload out of the budget, cut to what is left of it (an attack at the
+    /// start of a huge payload is still read), or refuses it when nothing is left.
+    fn take(&mut self, decoded: &mut String) -> bool {
+        if self.payloads == 0 || self.bytes == 0 {
             self.exhausted = true;
             return false;
         }
+        if decoded.len() > self.bytes {
+            decoded.truncate(crate::text::floor_char_boundary(decoded, self.bytes));
+            self.exhausted = true;
+        }
         self.payloads -= 1;
-        self.bytes -= len;
+        self.bytes -= decoded.len();
         true
     }
 }
@@ -118,10 +123,10 @@ pub fn base64_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
         let Ok(raw) = engine.decode(body) else {
             continue;
         };
-        let Ok(decoded) = String::from_utf8(raw) else {
+        let Ok(mut decoded) = String::from_utf8(raw) else {
             continue;
         };
-        if !looks_like_text(&decoded) || !budget.take(decoded.len()) {
+        if !looks_like_text(&decoded) || !budget.take(&mut decoded) {
             continue;
         }
         found.push(Decoded {
@@ -196,10 +201,10 @@ pub fn hex_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
         if raw.len() < MIN_DECODED_CHARS || !ends_at_boundary {
             continue;
         }
-        let Ok(decoded) = String::from_utf8(raw) else {
+        let Ok(mut decoded) = String::from_utf8(raw) else {
             continue;
         };
-        if !looks_like_text(&decoded) || !budget.take(decoded.len()) {
+        if !looks_like_text(&decoded) || !budget.take(&mut decoded) {
             continue;
         }
         found.push(Decoded {
@@ -273,10 +278,10 @@ pub fn percent_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
                 }
             }
         }
-        let Ok(decoded) = String::from_utf8(raw) else {
+        let Ok(mut decoded) = String::from_utf8(raw) else {
             continue;
         };
-        if !looks_like_text(&decoded) || !budget.take(decoded.len()) {
+        if !looks_like_text(&decoded) || !budget.take(&mut decoded) {
             continue;
         }
         found.push(Decoded {
@@ -310,8 +315,8 @@ pub fn selector_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
         if raw.len() < MIN_DECODED_CHARS {
             return;
         }
-        if let Ok(decoded) = String::from_utf8(raw) {
-            if looks_like_text(&decoded) && budget.take(decoded.len()) {
+        if let Ok(mut decoded) = String::from_utf8(raw) {
+            if looks_like_text(&decoded) && budget.take(&mut decoded) {
                 found.push(Decoded {
                     range: start..end,
                     text: decoded,

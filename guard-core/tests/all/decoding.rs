@@ -67,17 +67,46 @@ fn decoding_stops_at_the_depth_limit() {
     assert_eq!(encodings_of(&payload).len(), 1, "three levels are read");
     let deeper = b64(&payload);
     assert!(encodings_of(&deeper).is_empty(), "a fourth level is not");
+    // What is not read is held for review, not let through.
+    let guard = Guard::new(Policy::default()).unwrap();
+    let out = guard.assess(&AssessmentInput::from_text(deeper.as_str(), NOW));
+    let undecoded = out
+        .assessment
+        .findings
+        .iter()
+        .find(|f| f.id == "limit.undecoded-payload")
+        .unwrap();
+    assert_eq!(&deeper[undecoded.span.byte_start..undecoded.span.byte_end], deeper);
+    assert!(out.assessment.action.stops());
 }
 
 #[test]
-fn the_decoding_budget_is_reported_when_spent() {
+fn spending_the_decoding_budget_on_junk_does_not_let_an_attack_through() {
     let guard = Guard::new(Policy::default()).unwrap();
-    let many = format!("{} ", b64("just some harmless words here")).repeat(200);
-    let out = guard.assess(&AssessmentInput::from_text(many, NOW));
+    let junk = format!("{} ", b64("just some harmless words here")).repeat(200);
+    let text = format!("{junk}{}", b64(ATTACK));
+    let out = guard.assess(&AssessmentInput::from_text(text, NOW));
     assert!(out
         .assessment
         .errors
         .iter()
         .any(|e| e.code == "decode_limit"));
-    assert!(!out.assessment.action.stops());
+    assert!(out
+        .assessment
+        .findings
+        .iter()
+        .any(|f| f.id == "limit.undecoded-payload"));
+    assert!(out.assessment.action.stops());
+}
+
+#[test]
+fn a_payload_larger_than_the_budget_is_read_up_to_it() {
+    let guard = Guard::new(Policy::default()).unwrap();
+    let filler = " and then some more harmless text".repeat(40_000);
+    let text = b64(&format!("{ATTACK}{filler}"));
+    assert!(text.len() > 1 << 20);
+    let out = guard.assess(&AssessmentInput::from_text(text, NOW));
+    let ids: Vec<&str> = out.assessment.findings.iter().map(|f| f.id.as_str()).collect();
+    assert!(ids.contains(&"override.ignore-previous"), "{ids:?}");
+    assert!(ids.contains(&"limit.undecoded-payload"), "{ids:?}");
 }
