@@ -6,7 +6,6 @@
 //! a space, and whitespace runs collapsed to one space. Every byte of that view remembers the range of the
 //! original it came from, so a finding always points into the text the caller sent.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -406,25 +405,77 @@ fn spaced_run_continues(text: &str, at: usize, separator: u8, run_started: bool)
 /// Shortest run of spaced letters in which word boundaries are looked for; shorter runs are
 /// one word ("I g n o r e   a l l" spaces its words apart itself).
 const MIN_SEGMENTED_LETTERS: usize = 8;
-/// Longest run segmented; past it the letters stay joined.
+/// Longest stretch of a run segmented at once; a longer run is segmented stretch by stretch.
 const MAX_SEGMENTED_LETTERS: usize = 4096;
 /// Longest word of the lexicon.
 const MAX_LEXICON_WORD: usize = 20;
 /// Cost of a letter that starts no known word: high, so known words win wherever they fit.
 const UNKNOWN_LETTER_COST: f64 = 50.0;
 
-/// The commonest English words, most frequent first (`scripts/lexicon` writes the list), with
-/// the cost of each as a word in a segmentation: rarer words cost more.
-fn lexicon() -> &'static BTreeMap<&'static str, f64> {
-    static LEXICON: OnceLock<BTreeMap<&'static str, f64>> = OnceLock::new();
+/// The commonest English words (`scripts/lexicon` writes the list, most frequent first) as a
+/// trie over `a`..`z`, each word carrying its cost in a segmentation: rarer words cost more.
+/// Walking it from each letter finds every word that starts there without hashing substrings.
+struct Lexicon {
+    /// Children of each node, as (letter, node) pairs.
+    children: Vec<Vec<(u8, u32)>>,
+    /// The cost of the word that ends at each node, if one does.
+    cost: Vec<Option<f64>>,
+}
+
+impl Lexicon {
+    fn child(&self, node: u32, letter: u8) -> Option<u32> {
+        let children = self.children.get(usize::try_from(node).ok()?)?;
+        children.iter().find(|(l, _)| *l == letter).map(|(_, n)| *n)
+    }
+
+    fn cost(&self, node: u32) -> Option<f64> {
+        *self.cost.get(usize::try_from(node).ok()?)?
+    }
+
+    fn contains(&self, word: &str) -> bool {
+        word.bytes()
+            .try_fold(0u32, |node, letter| self.child(node, letter))
+            .and_then(|node| self.cost(node))
+            .is_some()
+    }
+}
+
+fn lexicon() -> &'static Lexicon {
+    static LEXICON: OnceLock<Lexicon> = OnceLock::new();
     LEXICON.get_or_init(|| {
         let words = include_str!("../../rules/words.txt");
         let total = words.lines().count().max(2) as f64;
-        words
-            .lines()
-            .enumerate()
-            .map(|(rank, word)| (word, libm::log((rank as f64 + 1.0) * libm::log(total))))
-            .collect()
+        let mut lexicon = Lexicon {
+            children: vec![Vec::new()],
+            cost: vec![None],
+        };
+        for (rank, word) in words.lines().enumerate() {
+            let mut node = 0u32;
+            for letter in word.bytes() {
+                node = match lexicon.child(node, letter) {
+                    Some(next) => next,
+                    None => {
+                        let next = u32::try_from(lexicon.children.len()).unwrap_or(u32::MAX);
+                        lexicon.children.push(Vec::new());
+                        lexicon.cost.push(None);
+                        if let Some(children) = usize::try_from(node)
+                            .ok()
+                            .and_then(|n| lexicon.children.get_mut(n))
+                        {
+                            children.push((letter, next));
+                        }
+                        next
+                    }
+                };
+            }
+            if let Some(cost) = usize::try_from(node)
+                .ok()
+                .and_then(|n| lexicon.cost.get_mut(n))
+            {
+                *cost = Some(libm::log((rank as f64 + 1.0) * libm::log(total)));
+            }
+        }
+        lexicon
     })
 }
 
@@ -432,26 +483,33 @@ fn lexicon() -> &'static BTreeMap<&'static str, f64> {
 /// at which a new word starts, after the first.
 fn segment(letters: &str) -> Vec<usize> {
     let lexicon = lexicon();
-    let n = letters.len();
+    let bytes = letters.as_bytes();
+    let n = bytes.len();
     let mut best: Vec<(f64, usize)> = vec![(f64::INFINITY, 0); n + 1];
     if let Some(first) = best.first_mut() {
         *first = (0.0, 0);
     }
-    for end in 1..=n {
-        for start in end.saturating_sub(MAX_LEXICON_WORD)..end {
-            let Some(word) = letters.get(start..end) else {
-                continue;
+    let relax = |best: &mut Vec<(f64, usize)>, start: usize, end: usize, cost: f64| {
+        let before = best.get(start).map_or(f64::INFINITY, |b| b.0);
+        if let Some(slot) = best.get_mut(end) {
+            if before + cost < slot.0 {
+                *slot = (before + cost, start);
+            }
+        }
+    };
+    for start in 0..n {
+        if best.get(start).is_none_or(|b| b.0.is_infinite()) {
+            continue;
+        }
+        relax(&mut best, start, start + 1, UNKNOWN_LETTER_COST);
+        let mut node = 0u32;
+        for (end, letter) in bytes.iter().enumerate().skip(start).take(MAX_LEXICON_WORD) {
+            let Some(next) = lexicon.child(node, *letter) else {
+                break;
             };
-            let cost = match lexicon.get(word) {
-                Some(cost) => *cost,
-                None if end - start == 1 => UNKNOWN_LETTER_COST,
-                None => continue,
-            };
-            let before = best.get(start).map_or(f64::INFINITY, |b| b.0);
-            if let Some(slot) = best.get_mut(end) {
-                if before + cost < slot.0 {
-                    *slot = (before + cost, start);
-                }
+            node = next;
+            if let Some(cost) = lexicon.cost(node) {
+                relax(&mut best, start, end + 1, cost);
             }
         }
     }
@@ -470,34 +528,43 @@ fn segment(letters: &str) -> Vec<usize> {
 
 /// The separators of the run of spaced letters that begins with the one-letter word at `start`
 /// that stand for spaces between words, when the run is long enough to hold several words.
-fn spaced_run_cuts(text: &str, start: usize, separator: u8) -> Vec<usize> {
+fn spaced_run_cuts(text: &str, start: usize, separator: u8) -> (Vec<usize>, Option<usize>) {
     let mut letters = String::new();
     let mut separators = Vec::new();
     let mut pos = start;
+    let mut until = None;
     while let (Some(end), Some(c)) = (single_letter_at(text, pos), char_at(text, pos)) {
         let c = latin_look_alike(c)
             .or_else(|| latin_base(c))
             .unwrap_or(c)
             .to_ascii_lowercase();
-        if !c.is_ascii_lowercase() || letters.len() >= MAX_SEGMENTED_LETTERS {
-            return Vec::new();
+        if !c.is_ascii_lowercase() {
+            return (Vec::new(), None);
         }
         letters.push(c);
         if text.as_bytes().get(end) == Some(&separator) && single_letter_at(text, end + 1).is_some()
         {
+            if letters.len() >= MAX_SEGMENTED_LETTERS {
+                // Segment this stretch now and the rest when the normalizer gets there.
+                until = Some(end);
+                break;
+            }
             separators.push(end);
             pos = end + 1;
         } else {
             break;
         }
     }
-    if letters.len() < MIN_SEGMENTED_LETTERS {
-        return Vec::new();
+    // A run that spells one word ("i n s t r u c t i o n s") needs no search.
+    if letters.len() < MIN_SEGMENTED_LETTERS || lexicon().contains(&letters) {
+        return (Vec::new(), until);
     }
-    segment(&letters)
+    let cuts = segment(&letters)
         .into_iter()
         .filter_map(|cut| separators.get(cut.checked_sub(1)?).copied())
-        .collect()
+        .chain(until)
+        .collect();
+    (cuts, until)
 }
 
 /// Punctuation that spaces letters apart as well as a space does ("i.g.n.o.r.e", "i-g-n").
@@ -649,6 +716,8 @@ struct Word {
     /// (the run had no gaps between its words), ascending, and the next one to look at.
     cuts: Vec<usize>,
     next_cut: usize,
+    /// Where the stretch of the run that `cuts` covers ends, if the run goes on past it.
+    cuts_until: Option<usize>,
 }
 
 impl Word {
@@ -666,8 +735,9 @@ impl Word {
     /// Whether the separator at `at`, which joins spaced letters, stands for a space between
     /// words. Called before the run is marked started, so that its start is seen.
     fn cut_here(&mut self, original: &str, at: usize, separator: u8) -> bool {
-        if self.spaced_run.is_none() {
-            self.cuts = spaced_run_cuts(original, self.start, separator);
+        // A new run, or the next stretch of a run too long to segment at once.
+        if self.spaced_run.is_none() || self.cuts_until.is_some_and(|until| at >= until) {
+            (self.cuts, self.cuts_until) = spaced_run_cuts(original, self.start, separator);
             self.next_cut = 0;
         }
         while self.cuts.get(self.next_cut).is_some_and(|c| *c < at) {

@@ -76,7 +76,10 @@ fn decoding_stops_at_the_depth_limit() {
         .iter()
         .find(|f| f.id == "limit.undecoded-payload")
         .unwrap();
-    assert_eq!(&deeper[undecoded.span.byte_start..undecoded.span.byte_end], deeper);
+    assert_eq!(
+        &deeper[undecoded.span.byte_start..undecoded.span.byte_end],
+        deeper
+    );
     assert!(out.assessment.action.stops());
 }
 
@@ -106,7 +109,12 @@ fn a_payload_larger_than_the_budget_is_read_up_to_it() {
     let text = b64(&format!("{ATTACK}{filler}"));
     assert!(text.len() > 1 << 20);
     let out = guard.assess(&AssessmentInput::from_text(text, NOW));
-    let ids: Vec<&str> = out.assessment.findings.iter().map(|f| f.id.as_str()).collect();
+    let ids: Vec<&str> = out
+        .assessment
+        .findings
+        .iter()
+        .map(|f| f.id.as_str())
+        .collect();
     assert!(ids.contains(&"override.ignore-previous"), "{ids:?}");
     assert!(ids.contains(&"limit.undecoded-payload"), "{ids:?}");
 }
