@@ -11,7 +11,12 @@ fuzz_target!(|data: &[u8]| {
     let folded = guard_core::text::normalize(text);
     let view = folded.text();
     // NFKC can expand a character, but only by a bounded factor.
-    assert!(view.len() <= text.len() * 18 + 4, "{} -> {}", text.len(), view.len());
+    assert!(
+        view.len() <= text.len() * 18 + 4,
+        "{} -> {}",
+        text.len(),
+        view.len()
+    );
     let boundaries: Vec<usize> = view
         .char_indices()
         .map(|(at, _)| at)
