@@ -123,18 +123,15 @@ pub fn base64_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
         let Ok(raw) = engine.decode(body) else {
             continue;
         };
-        let Ok(mut decoded) = String::from_utf8(raw) else {
-            continue;
-        };
-        if !looks_like_text(&decoded) || !budget.take(&mut decoded) {
-            continue;
-        }
-        found.push(Decoded {
-            range: start..pos,
-            text: decoded,
-        });
+        found.extend(accept(raw, start..pos, budget));
     }
     found
+}
+
+/// A decoded run, if its bytes are readable text and the budget has room for it.
+fn accept(raw: Vec<u8>, range: Range<usize>, budget: &mut Budget) -> Option<Decoded> {
+    let mut text = String::from_utf8(raw).ok()?;
+    (looks_like_text(&text) && budget.take(&mut text)).then_some(Decoded { range, text })
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -201,16 +198,7 @@ pub fn hex_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
         if raw.len() < MIN_DECODED_CHARS || !ends_at_boundary {
             continue;
         }
-        let Ok(mut decoded) = String::from_utf8(raw) else {
-            continue;
-        };
-        if !looks_like_text(&decoded) || !budget.take(&mut decoded) {
-            continue;
-        }
-        found.push(Decoded {
-            range: start..end,
-            text: decoded,
-        });
+        found.extend(accept(raw, start..end, budget));
     }
     found
 }
@@ -278,16 +266,7 @@ pub fn percent_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
                 }
             }
         }
-        let Ok(mut decoded) = String::from_utf8(raw) else {
-            continue;
-        };
-        if !looks_like_text(&decoded) || !budget.take(&mut decoded) {
-            continue;
-        }
-        found.push(Decoded {
-            range: start..pos,
-            text: decoded,
-        });
+        found.extend(accept(raw, start..pos, budget));
     }
     found
 }
@@ -315,14 +294,7 @@ pub fn selector_payloads(text: &str, budget: &mut Budget) -> Vec<Decoded> {
         if raw.len() < MIN_DECODED_CHARS {
             return;
         }
-        if let Ok(mut decoded) = String::from_utf8(raw) {
-            if looks_like_text(&decoded) && budget.take(&mut decoded) {
-                found.push(Decoded {
-                    range: start..end,
-                    text: decoded,
-                });
-            }
-        }
+        found.extend(accept(raw, start..end, budget));
     };
     // Only lead bytes EF and F3 can start a selector: jump between them.
     for at in memchr::memchr2_iter(0xEF, 0xF3, text.as_bytes()) {

@@ -130,17 +130,8 @@ impl Builder {
         let flags = flags | std::mem::take(&mut self.pending);
         let norm_start = self.text.len();
         self.text.push_str(norm);
-        if linear && flags == 0 {
-            if let Some(last) = self.pieces.last_mut() {
-                if last.linear
-                    && last.flags == 0
-                    && last.orig_end == orig.start
-                    && norm_start - last.norm_start == last.orig_end - last.orig_start
-                {
-                    last.orig_end = orig.end;
-                    return;
-                }
-            }
+        if linear && flags == 0 && self.extend_last(norm_start, &orig) {
+            return;
         }
         self.pieces.push(Piece {
             norm_start,
@@ -151,22 +142,30 @@ impl Builder {
         });
     }
 
+    /// Grows the last piece over `orig` when both are copied one to one and adjoin, which keeps
+    /// the map small for plain text.
+    fn extend_last(&mut self, norm_start: usize, orig: &Range<usize>) -> bool {
+        match self.pieces.last_mut() {
+            Some(last)
+                if last.linear
+                    && last.flags == 0
+                    && last.orig_end == orig.start
+                    && norm_start - last.norm_start == last.orig_end - last.orig_start =>
+            {
+                last.orig_end = orig.end;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Appends ASCII letters of `original` at `orig`, lower-cased: the common case, kept cheap.
     fn push_ascii_letters(&mut self, letters: &[u8], orig: Range<usize>) {
         let norm_start = self.text.len();
         self.text
             .extend(letters.iter().map(|b| char::from(b.to_ascii_lowercase())));
-        if self.pending == 0 {
-            if let Some(last) = self.pieces.last_mut() {
-                if last.linear
-                    && last.flags == 0
-                    && last.orig_end == orig.start
-                    && norm_start - last.norm_start == last.orig_end - last.orig_start
-                {
-                    last.orig_end = orig.end;
-                    return;
-                }
-            }
+        if self.pending == 0 && self.extend_last(norm_start, &orig) {
+            return;
         }
         let flags = std::mem::take(&mut self.pending);
         self.pieces.push(Piece {
