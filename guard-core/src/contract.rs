@@ -335,6 +335,8 @@ pub enum Obfuscation {
     Diacritics,
     /// Digits and signs standing for letters ("1gn0r3") read as letters.
     Leetspeak,
+    /// Words written together ("ignoreallprevious") read apart.
+    GluedWords,
 }
 
 /// Encodings the decoder undoes.

@@ -155,6 +155,22 @@ fn spaced_gapless(t: &str) -> String {
         .join(" ")
 }
 
+fn glued(t: &str) -> String {
+    t.replace(' ', "")
+}
+
+fn camel_case(t: &str) -> String {
+    t.split(' ')
+        .map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|c| c.to_uppercase().chain(chars).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 fn dotted(t: &str) -> String {
     t.split(' ')
         .map(|w| w.chars().map(String::from).collect::<Vec<_>>().join("."))
@@ -289,6 +305,8 @@ const TRANSFORMS: &[(&str, Transform, f64)] = &[
     ("spaced letters", spaced_words, 1.0),
     ("spaced letters, no word gaps", spaced_gapless, 0.9),
     ("dotted letters", dotted, 1.0),
+    ("words written together", glued, 0.8),
+    ("CamelCase", camel_case, 0.8),
     // Stand-ins only after the letters ("byp455") read like versions ("sha256"), and are left.
     ("leetspeak", leetspeak, 0.85),
     ("whitespace runs", whitespace_runs, 1.0),
