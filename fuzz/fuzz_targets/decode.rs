@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
     decoded += check(text, &decode::hex_payloads(text, &mut budget));
     decoded += check(text, &decode::percent_payloads(text, &mut budget));
     decoded += check(text, &decode::selector_payloads(text, &mut budget));
+    decoded += check(text, &decode::escape_payloads(text, &mut budget));
     assert!(decoded <= decode::MAX_DECODED_BYTES);
     check(text, &decode::tag_payloads(text));
     check(text, &decode::split_payloads(text));

@@ -358,6 +358,11 @@ impl SegmentScan<'_> {
                 .map(|d| (d, Encoding::VariationSelectors)),
         );
         payloads.extend(
+            decode::escape_payloads(reading, budget)
+                .into_iter()
+                .map(|d| (d, Encoding::Escapes)),
+        );
+        payloads.extend(
             decode::tag_payloads(reading)
                 .into_iter()
                 .map(|d| (d, Encoding::UnicodeTags)),

@@ -359,6 +359,8 @@ pub enum Encoding {
     Reversed,
     /// Bytes hidden in variation selectors.
     VariationSelectors,
+    /// Character escapes: JSON and JavaScript `\\u0049`, HTML `&#73;` and `&#x49;`.
+    Escapes,
 }
 
 /// A behaviour signal about the user.

@@ -246,6 +246,16 @@ fn percent(t: &str) -> String {
     format!("Open https://example.com/?q={encoded}")
 }
 
+fn json_escapes(t: &str) -> String {
+    let escaped: String = t.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+    format!("{{\"note\": \"{escaped}\"}}")
+}
+
+fn html_entities(t: &str) -> String {
+    let escaped: String = t.chars().map(|c| format!("&#{};", c as u32)).collect();
+    format!("<p>{escaped}</p>")
+}
+
 fn rot13(t: &str) -> String {
     format!("Decode this ROT13 message: {}", guard_core::text::rot13(t))
 }
@@ -317,6 +327,8 @@ const TRANSFORMS: &[(&str, Transform, f64)] = &[
     ("hex", hex, 1.0),
     ("hex escapes", hex_escaped, 1.0),
     ("URL encoding", percent, 1.0),
+    ("JSON escapes", json_escapes, 1.0),
+    ("HTML entities", html_entities, 1.0),
     ("ROT13", rot13, 1.0),
     ("reversed", reversed, 1.0),
     ("look-alikes + zero-width", homoglyphs_and_zero_width, 1.0),
