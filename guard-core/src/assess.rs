@@ -21,8 +21,9 @@ const UNSCANNED_WEIGHT: f64 = 0.65;
 pub const UNDECODED_ID: &str = "limit.undecoded-payload";
 /// Id of the finding for text hidden in Unicode tag characters.
 pub const HIDDEN_TAG_TEXT_ID: &str = "obfuscation.hidden-tag-text";
-/// Weight of that finding: a warning on its own; with what the text says, more.
-const HIDDEN_TAG_TEXT_WEIGHT: f64 = 0.45;
+/// Weight of text hidden in tag characters or variation selectors: a warning on its own; with
+/// what the text says, more.
+const HIDDEN_TEXT_WEIGHT: f64 = 0.45;
 /// A match that is only quoted ("phrases like 'ignore previous instructions'") counts this much.
 const QUOTED_FACTOR: f64 = 0.5;
 
@@ -112,16 +113,15 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
                 ),
                 Some(index),
             ));
-            pending.push(Finding {
-                id: UNSCANNED_ID.to_string(),
-                category: Category::ResourceLimit,
-                source: FindingSource::Rule,
-                weight: UNSCANNED_WEIGHT,
-                span: span(index, scan_len..text.len()),
-                excerpt: text::excerpt(text, scan_len, text.len().min(scan_len + 64)),
-                obfuscations: Vec::new(),
-                encodings: Vec::new(),
-            });
+            pending.push(notice(
+                UNSCANNED_ID,
+                Category::ResourceLimit,
+                UNSCANNED_WEIGHT,
+                span(index, scan_len..text.len()),
+                text::excerpt(text, scan_len, text.len().min(scan_len + 64)),
+                Vec::new(),
+                Vec::new(),
+            ));
         }
         fill_utf16(text, &mut pending);
         findings.extend(pending);
@@ -236,7 +236,7 @@ fn scan_segment(guard: &Guard, index: usize, text: &str) -> (Vec<Finding>, bool)
         too_deep: None,
     };
     scan.read(text, text, None, &[], 0);
-    scan.hidden_text(text);
+    scan.invisible_characters(text);
     // What was not decoded was not read: like input past the scan limit, it is held for review
     // rather than let through, or hiding an attack would only take one more layer or more junk.
     let undecoded = match (scan.budget.exhausted(), scan.too_deep.take()) {
@@ -245,16 +245,15 @@ fn scan_segment(guard: &Guard, index: usize, text: &str) -> (Vec<Finding>, bool)
         (false, None) => None,
     };
     if let Some(range) = &undecoded {
-        scan.out.push(Finding {
-            id: UNDECODED_ID.to_string(),
-            category: Category::ResourceLimit,
-            source: FindingSource::Rule,
-            weight: UNSCANNED_WEIGHT,
-            excerpt: text::excerpt(text, range.start, range.end.min(range.start + 64)),
-            span: span(index, range.clone()),
-            obfuscations: Vec::new(),
-            encodings: Vec::new(),
-        });
+        scan.out.push(notice(
+            UNDECODED_ID,
+            Category::ResourceLimit,
+            UNSCANNED_WEIGHT,
+            span(index, range.clone()),
+            text::excerpt(text, range.start, range.end.min(range.start + 64)),
+            Vec::new(),
+            Vec::new(),
+        ));
     }
     (scan.out, undecoded.is_some())
 }
@@ -327,55 +326,37 @@ impl SegmentScan<'_> {
         if depth >= decode::MAX_DEPTH {
             // Only whether there is more to decode matters now, not what it says.
             let mut probe = decode::Budget::default();
-            let deeper = !decode::base64_payloads(reading, &mut probe).is_empty()
-                || !decode::hex_payloads(reading, &mut probe).is_empty()
-                || !decode::percent_payloads(reading, &mut probe).is_empty();
+            let deeper = DECODERS
+                .iter()
+                .any(|(decoder, _)| !decoder(reading, &mut probe).is_empty());
             if deeper && self.too_deep.is_none() {
                 self.too_deep = payload.cloned();
             }
             return;
         }
-        let budget = &mut self.budget;
-        let mut payloads: Vec<(decode::Decoded, Encoding)> = Vec::new();
-        payloads.extend(
-            decode::base64_payloads(reading, budget)
-                .into_iter()
-                .map(|d| (d, Encoding::Base64)),
-        );
-        payloads.extend(
-            decode::hex_payloads(reading, budget)
-                .into_iter()
-                .map(|d| (d, Encoding::Hex)),
-        );
-        payloads.extend(
-            decode::percent_payloads(reading, budget)
-                .into_iter()
-                .map(|d| (d, Encoding::Percent)),
-        );
-        payloads.extend(
-            decode::selector_payloads(reading, budget)
-                .into_iter()
-                .map(|d| (d, Encoding::VariationSelectors)),
-        );
-        payloads.extend(
-            decode::escape_payloads(reading, budget)
-                .into_iter()
-                .map(|d| (d, Encoding::Escapes)),
-        );
-        payloads.extend(
-            decode::tag_payloads(reading)
-                .into_iter()
-                .map(|d| (d, Encoding::UnicodeTags)),
-        );
-        payloads.extend(
-            decode::split_payloads(reading)
-                .into_iter()
-                .map(|d| (d, Encoding::Concatenation)),
-        );
-        for (decoded, encoding) in payloads {
-            let range = payload.cloned().unwrap_or_else(|| decoded.range.clone());
-            let chain = with(encodings, encoding);
-            self.read(original, &decoded.text, Some(&range), &chain, depth + 1);
+        for (decoder, encoding) in DECODERS {
+            for decoded in decoder(reading, &mut self.budget) {
+                let hidden_id = match encoding {
+                    Encoding::UnicodeTags => Some(HIDDEN_TAG_TEXT_ID),
+                    Encoding::VariationSelectors => Some(HIDDEN_SELECTOR_TEXT_ID),
+                    _ => None,
+                };
+                if let (Some(id), None) = (hidden_id, payload) {
+                    // Text a reader cannot see has no business in a prompt, whatever it says.
+                    self.out.push(notice(
+                        id,
+                        Category::Obfuscation,
+                        HIDDEN_TEXT_WEIGHT,
+                        span(self.index, decoded.range.clone()),
+                        text::excerpt(&decoded.text, 0, decoded.text.len()),
+                        vec![Obfuscation::InvisibleCharacters],
+                        vec![encoding],
+                    ));
+                }
+                let range = payload.cloned().unwrap_or_else(|| decoded.range.clone());
+                let chain = with(encodings, encoding);
+                self.read(original, &decoded.text, Some(&range), &chain, depth + 1);
+            }
         }
     }
 
@@ -415,41 +396,58 @@ impl SegmentScan<'_> {
         });
     }
 
-    /// Text a reader cannot see has no business in a prompt, whatever it says.
-    fn hidden_text(&mut self, original: &str) {
-        let mut budget = decode::Budget::default();
-        let hidden = decode::tag_payloads(original)
-            .into_iter()
-            .map(|d| (d, HIDDEN_TAG_TEXT_ID, Encoding::UnicodeTags))
-            .chain(
-                decode::selector_payloads(original, &mut budget)
-                    .into_iter()
-                    .map(|d| (d, HIDDEN_SELECTOR_TEXT_ID, Encoding::VariationSelectors)),
-            );
-        for (payload, id, encoding) in hidden {
-            self.out.push(Finding {
-                id: id.to_string(),
-                category: Category::Obfuscation,
-                source: FindingSource::Rule,
-                weight: HIDDEN_TAG_TEXT_WEIGHT,
-                excerpt: text::excerpt(&payload.text, 0, payload.text.len()),
-                span: span(self.index, payload.range),
-                obfuscations: vec![Obfuscation::InvisibleCharacters],
-                encodings: vec![encoding],
-            });
-        }
+    /// Invisible characters where words are, whatever they hide.
+    fn invisible_characters(&mut self, original: &str) {
         if let Some(range) = invisible_in_words(original) {
-            self.out.push(Finding {
-                id: INVISIBLE_CHARACTERS_ID.to_string(),
-                category: Category::Obfuscation,
-                source: FindingSource::Rule,
-                weight: INVISIBLE_CHARACTERS_WEIGHT,
-                excerpt: text::excerpt(original, range.start, range.end),
-                span: span(self.index, range),
-                obfuscations: vec![Obfuscation::InvisibleCharacters],
-                encodings: Vec::new(),
-            });
+            self.out.push(notice(
+                INVISIBLE_CHARACTERS_ID,
+                Category::Obfuscation,
+                INVISIBLE_CHARACTERS_WEIGHT,
+                span(self.index, range.clone()),
+                text::excerpt(original, range.start, range.end),
+                vec![Obfuscation::InvisibleCharacters],
+                Vec::new(),
+            ));
         }
+    }
+}
+
+/// A decoder of one encoding; those without a budget of their own decode little by nature.
+type Decoder = fn(&str, &mut decode::Budget) -> Vec<decode::Decoded>;
+
+/// Every decoder, in the order payloads are read.
+const DECODERS: [(Decoder, Encoding); 7] = [
+    (decode::base64_payloads, Encoding::Base64),
+    (decode::hex_payloads, Encoding::Hex),
+    (decode::percent_payloads, Encoding::Percent),
+    (decode::selector_payloads, Encoding::VariationSelectors),
+    (decode::escape_payloads, Encoding::Escapes),
+    (|text, _| decode::tag_payloads(text), Encoding::UnicodeTags),
+    (
+        |text, _| decode::split_payloads(text),
+        Encoding::Concatenation,
+    ),
+];
+
+/// A finding the guard raises itself rather than a rule (hidden text, limits).
+fn notice(
+    id: &str,
+    category: Category,
+    weight: f64,
+    span: Span,
+    excerpt: String,
+    obfuscations: Vec<Obfuscation>,
+    encodings: Vec<Encoding>,
+) -> Finding {
+    Finding {
+        id: id.to_string(),
+        category,
+        source: FindingSource::Rule,
+        weight,
+        span,
+        excerpt,
+        obfuscations,
+        encodings,
     }
 }
 
