@@ -335,14 +335,12 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
-    /// Every rule match in a folded text, ordered by rule then position.
-    pub fn find(&self, text: &str) -> Vec<RuleMatch> {
-        self.scan(text).matches
-    }
-
     /// Every rule match in a folded text, and whether it seems to hold ROT13 or reversed text.
     pub fn scan(&self, text: &str) -> Scan {
-        let mut scan = Scan::default();
+        let mut scan = Scan {
+            matches: self.find(text),
+            ..Scan::default()
+        };
         for hit in self.encoding_hints.find_iter(text) {
             if hit.pattern().as_usize() < ENCODING_HINT_WORDS.len() {
                 scan.rot13_hint = true;
@@ -353,8 +351,14 @@ impl RuleSet {
                 break;
             }
         }
+        scan
+    }
+
+    /// Every rule match in a folded text, ordered by rule then position.
+    pub fn find(&self, text: &str) -> Vec<RuleMatch> {
+        let mut matches = Vec::new();
         let Some(prefilter) = &self.prefilter else {
-            return scan;
+            return matches;
         };
         // Windows around keyword hits, merged per rule as hits arrive in order.
         let mut windows: Vec<Vec<Range<usize>>> = vec![Vec::new(); self.rules.len()];
@@ -377,7 +381,6 @@ impl RuleSet {
                 }
             }
         }
-        let matches = &mut scan.matches;
         for (index, (rule, rule_windows)) in self.rules.iter().zip(&windows).enumerate() {
             let mut kept = 0;
             'windows: for window in rule_windows {
@@ -402,7 +405,7 @@ impl RuleSet {
                 }
             }
         }
-        scan
+        matches
     }
 }
 
