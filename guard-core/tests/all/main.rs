@@ -40,3 +40,24 @@ pub fn shared() -> PathBuf {
 
 /// A fixed time for assessments.
 pub const NOW: &str = "2026-12-03T12:00:00Z";
+
+/// `text` in Unicode tag characters: invisible, and read by a model.
+pub fn hide_in_tags(text: &str) -> String {
+    text.chars()
+        .map(|c| char::from_u32(0xE0000 + c as u32).unwrap())
+        .collect()
+}
+
+/// The bytes of `text` as variation selectors: VS1 to VS16 for 0 to 15, VS17 to VS256 above.
+pub fn hide_in_selectors(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            let code = if b < 16 {
+                0xFE00 + u32::from(b)
+            } else {
+                0xE0100 + u32::from(b) - 16
+            };
+            char::from_u32(code).unwrap()
+        })
+        .collect()
+}

@@ -5,10 +5,9 @@
 //! `cargo test --release -p guard-core --test all obfuscation -- --nocapture` prints the table
 //! kept in docs/accuracy.md.
 
+use crate::NOW;
 use base64::Engine as _;
 use guard_core::{AssessmentInput, Guard, Policy};
-
-const NOW: &str = "2026-12-03T12:00:00Z";
 
 /// Attacks as an attacker would first write them, before hiding them.
 const ATTACKS: &[&str] = &[
@@ -202,26 +201,11 @@ fn punctuation_runs(t: &str) -> String {
 }
 
 fn tag_hidden(t: &str) -> String {
-    let hidden: String = t
-        .chars()
-        .map(|c| char::from_u32(0xE0000 + c as u32).unwrap())
-        .collect();
-    format!("Thanks for the help!{hidden}")
+    format!("Thanks for the help!{}", crate::hide_in_tags(t))
 }
 
 fn selector_hidden(t: &str) -> String {
-    let hidden: String = t
-        .bytes()
-        .map(|b| {
-            let code = if b < 16 {
-                0xFE00 + u32::from(b)
-            } else {
-                0xE0100 + u32::from(b) - 16
-            };
-            char::from_u32(code).unwrap()
-        })
-        .collect();
-    format!("Nice \u{1F600}{hidden} picture")
+    format!("Nice \u{1F600}{} picture", crate::hide_in_selectors(t))
 }
 
 fn base64(t: &str) -> String {

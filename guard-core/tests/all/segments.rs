@@ -1,8 +1,7 @@
 //! Untrusted content the user did not write (documents, tool output) is judged on its own terms.
 
+use crate::NOW;
 use guard_core::{AssessmentInput, Guard, Policy, PolicyError, Role, Segment};
-
-const NOW: &str = "2026-12-03T12:00:00Z";
 
 fn input(role: Option<Role>, text: &str) -> AssessmentInput {
     let mut input = AssessmentInput::from_text("", NOW);
@@ -33,10 +32,7 @@ fn an_instruction_inside_a_document_weighs_more_than_in_the_request() {
     let weight = |a: &guard_core::Assessment| a.findings[0].weight;
     assert!((weight(&planted) - (weight(&asked) * 1.25).min(0.99)).abs() < 1e-4);
     // Hidden-text findings are about the text, not an order, and are not raised.
-    let tags: String = "hidden words here"
-        .chars()
-        .map(|c| char::from_u32(0xE0000 + c as u32).unwrap())
-        .collect();
+    let tags = crate::hide_in_tags("hidden words here");
     let hidden = guard
         .assess(&input(Some(Role::Document), &format!("Report{tags}")))
         .assessment;
