@@ -308,6 +308,10 @@ impl RuleSet {
     /// does not compile: rules given in a policy are refused when it loads, not skipped later.
     pub fn prepare(&self, from: usize) -> Result<(), RuleError> {
         for rule in self.rules.iter().skip(from) {
+            portable_pattern(&rule.pattern).map_err(|reason| RuleError::Pattern {
+                id: rule.id.clone(),
+                reason,
+            })?;
             if let Err(e) = compile_pattern(&rule.pattern) {
                 return Err(RuleError::Pattern {
                     id: rule.id.clone(),
@@ -444,6 +448,55 @@ const REGEX_SIZE_LIMIT: usize = 4 << 20;
 const DFA_SIZE_LIMIT: usize = 1 << 20;
 
 /// The error is boxed: `meta::BuildError` is large, and only its message is kept.
+/// Refuses what would compile only where Unicode tables happen to be linked in: `\w`, `\d`,
+/// `\s`, `\p{..}` and `(?i)`. Whether a build has the tables depends on what else it links
+/// (a test build may, the wasm faces do not), so a pattern must not lean on them at all; text is
+/// lower-cased before rules see it, so `(?i)` is never needed.
+fn portable_pattern(pattern: &str) -> Result<(), String> {
+    use regex_syntax::ast::{self, Ast, ClassSetItem, Flag, FlagsItemKind, GroupKind, Visitor};
+
+    const NO_CLASSES: &str =
+        "Unicode classes (\\w, \\d, \\s, \\p) are not available; list the characters";
+    const NO_CASE: &str = "(?i) is not available; text is lower-cased before rules see it";
+
+    struct Portable;
+    fn case_insensitive(flags: &ast::Flags) -> bool {
+        flags
+            .items
+            .iter()
+            .any(|item| item.kind == FlagsItemKind::Flag(Flag::CaseInsensitive))
+    }
+    impl Visitor for Portable {
+        type Output = ();
+        type Err = String;
+        fn finish(self) -> Result<(), String> {
+            Ok(())
+        }
+        fn visit_pre(&mut self, node: &Ast) -> Result<(), String> {
+            let refused = match node {
+                Ast::ClassPerl(_) | Ast::ClassUnicode(_) => Some(NO_CLASSES),
+                Ast::Flags(set) if case_insensitive(&set.flags) => Some(NO_CASE),
+                Ast::Group(group) => match &group.kind {
+                    GroupKind::NonCapturing(flags) if case_insensitive(flags) => Some(NO_CASE),
+                    _ => None,
+                },
+                _ => None,
+            };
+            refused.map_or(Ok(()), |reason| Err(reason.to_string()))
+        }
+        fn visit_class_set_item_pre(&mut self, item: &ClassSetItem) -> Result<(), String> {
+            match item {
+                ClassSetItem::Perl(_) | ClassSetItem::Unicode(_) => Err(NO_CLASSES.to_string()),
+                _ => Ok(()),
+            }
+        }
+    }
+    let parsed = ast::parse::Parser::new()
+        .parse(pattern)
+        .map_err(|e| e.to_string())?;
+    ast::visit(&parsed, Portable)
+}
+
 fn compile_pattern(pattern: &str) -> Result<Regex, Box<meta::BuildError>> {
     Regex::builder()
         .configure(
