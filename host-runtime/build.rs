@@ -19,6 +19,7 @@ fn main() {
     for watched in [
         "guard-core/src",
         "guard-core/rules",
+        "guard-core/model",
         "guard-core/Cargo.toml",
         "guard-wasm/component",
         "guard-wasm/wit",

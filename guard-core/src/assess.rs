@@ -7,8 +7,9 @@ use crate::contract::{
     Assessment, AssessmentInput, AssessmentOutput, Category, Encoding, Finding, FindingSource,
     Obfuscation, Role, Segment, Span, ToleratedError, Trust,
 };
+use crate::model::{FeatureCounts, Model};
 use crate::policy::{EmbeddedPolicy, Limits};
-use crate::risk;
+use crate::risk::{self, ModelEvidence};
 use crate::text::{self, decode, floor_char_boundary, normalize};
 use crate::time::Timestamp;
 use crate::Guard;
@@ -24,6 +25,11 @@ pub const HIDDEN_TAG_TEXT_ID: &str = "obfuscation.hidden-tag-text";
 /// Weight of text hidden in tag characters or variation selectors: a warning on its own; with
 /// what the text says, more.
 const HIDDEN_TEXT_WEIGHT: f64 = 0.45;
+/// Id of the model's finding.
+pub const MODEL_ID: &str = "model.classifier";
+/// The model's strongest window is reported as a finding from this probability up; below it, the
+/// model's part is still in the explanation's components.
+const MODEL_REPORT_FROM: f64 = 0.5;
 /// A match that is only quoted ("phrases like 'ignore previous instructions'") counts this much.
 const QUOTED_FACTOR: f64 = 0.5;
 
@@ -65,6 +71,10 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
     let max_findings = Limits::usize(limits.max_findings);
     let mut budget = Limits::usize(limits.max_scan_bytes);
     let mut findings: Vec<Finding> = Vec::new();
+    let mut counts = FeatureCounts::default();
+    // The model's strongest logit over all untrusted segments, and over embedded ones.
+    let mut model_logit: Option<f64> = None;
+    let mut embedded_logit: Option<f64> = None;
     if input.segments.is_empty() {
         errors.push(tolerated(
             "no_segments",
@@ -84,7 +94,29 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
         };
         budget -= scan_len;
         let scanned = text.get(..scan_len).unwrap_or_default();
-        let (mut pending, decode_limited) = scan_segment(guard, index, scanned);
+        let (mut pending, decode_limited, model_hit) =
+            scan_segment(guard, index, scanned, &mut counts);
+        if let Some(hit) = model_hit {
+            let best = model_logit.get_or_insert(hit.logit);
+            *best = best.max(hit.logit);
+            if is_embedded(segment) {
+                let best = embedded_logit.get_or_insert(hit.logit);
+                *best = best.max(hit.logit);
+            }
+            let probability = crate::model::sigmoid(hit.logit);
+            if probability >= MODEL_REPORT_FROM {
+                pending.push(Finding {
+                    id: MODEL_ID.to_string(),
+                    category: Category::Classifier,
+                    source: FindingSource::Model,
+                    weight: risk::round4(probability),
+                    excerpt: text::excerpt(text, hit.range.start, hit.range.end),
+                    span: span(index, hit.range),
+                    obfuscations: Vec::new(),
+                    encodings: hit.encodings,
+                });
+            }
+        }
         if decode_limited {
             errors.push(tolerated(
                 "decode_limit",
@@ -134,8 +166,15 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
     });
 
     let (thresholds, actions) = guard.policy.for_tenant(input.context.tenant.as_deref());
+    // A model that read nothing reads as it would an empty text: its bias.
+    let evidence = |logit: Option<f64>| {
+        guard.model.as_deref().map(|model| ModelEvidence {
+            logit: logit.unwrap_or(model.header().bias),
+            fusion: model.header().fusion,
+        })
+    };
     // The score uses every finding; only the list reported is capped.
-    let mut decision = risk::decide(&findings, &[], &thresholds, &actions);
+    let mut decision = risk::decide(&findings, &[], evidence(model_logit), &thresholds, &actions);
     if let Some(embedded_thresholds) = &guard.policy.embedded.thresholds {
         let embedded: Vec<Finding> = findings
             .iter()
@@ -143,7 +182,13 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
             .cloned()
             .collect();
         if !embedded.is_empty() {
-            let mut strict = risk::decide(&embedded, &[], embedded_thresholds, &actions);
+            let mut strict = risk::decide(
+                &embedded,
+                &[],
+                evidence(embedded_logit),
+                embedded_thresholds,
+                &actions,
+            );
             if strict.level > decision.level {
                 strict.explanation.summary =
                     format!("embedded content: {}", strict.explanation.summary);
@@ -218,6 +263,10 @@ fn weigh_embedded(findings: &mut [Finding], factor: f64) {
 /// and payloads inside those) goes through the same rules.
 struct SegmentScan<'a> {
     guard: &'a Guard,
+    model: Option<&'a Model>,
+    counts: &'a mut FeatureCounts,
+    /// The model's strongest window so far.
+    model_hit: Option<ModelHit>,
     index: usize,
     budget: decode::Budget,
     out: Vec<Finding>,
@@ -225,11 +274,28 @@ struct SegmentScan<'a> {
     too_deep: Option<Range<usize>>,
 }
 
-/// Findings in one segment, with UTF-16 offsets still to fill, and whether some payload was left
-/// undecoded (the budget ran out, or the nesting went past the depth limit).
-fn scan_segment(guard: &Guard, index: usize, text: &str) -> (Vec<Finding>, bool) {
+/// The model's strongest window in a segment.
+struct ModelHit {
+    logit: f64,
+    /// Where in the segment's original text (the outer payload, for a decoded reading).
+    range: Range<usize>,
+    encodings: Vec<Encoding>,
+}
+
+/// Findings in one segment, with UTF-16 offsets still to fill, whether some payload was left
+/// undecoded (the budget ran out, or the nesting went past the depth limit), and the model's
+/// strongest window over every reading.
+fn scan_segment(
+    guard: &Guard,
+    index: usize,
+    text: &str,
+    counts: &mut FeatureCounts,
+) -> (Vec<Finding>, bool, Option<ModelHit>) {
     let mut scan = SegmentScan {
         guard,
+        model: guard.model.as_deref(),
+        counts,
+        model_hit: None,
         index,
         budget: decode::Budget::default(),
         out: Vec::new(),
@@ -255,7 +321,7 @@ fn scan_segment(guard: &Guard, index: usize, text: &str) -> (Vec<Finding>, bool)
             Vec::new(),
         ));
     }
-    (scan.out, undecoded.is_some())
+    (scan.out, undecoded.is_some(), scan.model_hit)
 }
 
 impl SegmentScan<'_> {
@@ -274,6 +340,16 @@ impl SegmentScan<'_> {
             Some(p) => p.clone(),
             None => folded.original_range(range),
         };
+        if let Some(model) = self.model {
+            let score = model.score(folded.text(), self.counts);
+            if self.model_hit.as_ref().is_none_or(|h| score.logit > h.logit) {
+                self.model_hit = Some(ModelHit {
+                    logit: score.logit,
+                    range: locate(score.window),
+                    encodings: encodings.to_vec(),
+                });
+            }
+        }
         let scan = self.guard.rules.scan(folded.text());
         for m in &scan.matches {
             let quoted = is_quoted(folded.text(), &m.range);

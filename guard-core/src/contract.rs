@@ -270,6 +270,8 @@ pub enum Category {
     Obfuscation,
     /// Input that could not be analysed within the policy's limits.
     ResourceLimit,
+    /// The text classifier's judgement of a window of text.
+    Classifier,
 }
 
 impl Category {
@@ -286,6 +288,7 @@ impl Category {
             Category::IndirectInjection => "indirect_injection",
             Category::Obfuscation => "obfuscation",
             Category::ResourceLimit => "resource_limit",
+            Category::Classifier => "classifier",
         }
     }
 }
@@ -385,8 +388,28 @@ pub struct Explanation {
     pub next_threshold: Option<f64>,
     /// The findings that made up the score, strongest first, one per id.
     pub contributions: Vec<Contribution>,
+    /// The score of each source of evidence, and how they were fused.
+    #[serde(default)]
+    pub components: Components,
     /// One sentence for people.
     pub summary: String,
+}
+
+/// Each source of evidence on its own, and its part in the fused score.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Components {
+    /// The rules' findings combined as independent evidence, `1 - Π(1 - w)`.
+    pub rules: f64,
+    /// The model's probability for its strongest window; absent when no model runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<f64>,
+    /// The behaviour signals combined like the rules.
+    pub behaviour: f64,
+    /// Terms of the fused logit (`bias`, `rules`, `model`, `behaviour`); their sum is the
+    /// logit of the score unless the rules' own evidence held it higher. Empty when no model runs and
+    /// the score is the rules' and signals' evidence combined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<Contribution>,
 }
 
 /// One id's part in the score.

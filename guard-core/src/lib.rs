@@ -24,6 +24,7 @@
 
 pub mod behaviour;
 pub mod contract;
+pub mod model;
 pub mod policy;
 pub mod provenance;
 pub mod risk;
@@ -44,6 +45,10 @@ pub use provenance::{
     VerifyError,
 };
 
+use std::sync::Arc;
+
+use base64::Engine as _;
+use model::Model;
 use rules::RuleSet;
 
 /// Why a JSON request could not be assessed at all.
@@ -60,6 +65,7 @@ pub enum InputError {
 pub struct Guard {
     policy: Policy,
     rules: RuleSet,
+    model: Option<Arc<Model>>,
 }
 
 impl Guard {
@@ -90,7 +96,28 @@ impl Guard {
         let extra_from = enabled_builtin.clone().count();
         let rules = RuleSet::compile_lazily(enabled_builtin.chain(policy.rules.extra.iter()))?;
         rules.prepare(extra_from)?;
-        Ok(Guard { policy, rules })
+        let model = match (&policy.model.enabled, &policy.model.data) {
+            (false, _) => None,
+            (true, None) => Some(Model::builtin().map_err(|e| PolicyError::Model(e.to_string()))?),
+            (true, Some(data)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map_err(|e| PolicyError::Model(format!("data is not base64: {e}")))?;
+                let model =
+                    Model::from_bytes(&bytes).map_err(|e| PolicyError::Model(e.to_string()))?;
+                Some(Arc::new(model))
+            }
+        };
+        Ok(Guard {
+            policy,
+            rules,
+            model,
+        })
+    }
+
+    /// The model that scores beside the rules, if the policy runs one.
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_deref()
     }
 
     /// Parses a policy from JSON and compiles it.

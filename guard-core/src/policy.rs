@@ -28,6 +28,9 @@ pub struct Policy {
     /// How content the user did not write (documents, tool output) is judged.
     #[serde(default)]
     pub embedded: EmbeddedPolicy,
+    /// The text classifier.
+    #[serde(default)]
+    pub model: ModelConfig,
     /// Overrides by tenant id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tenants: BTreeMap<String, TenantOverride>,
@@ -254,6 +257,27 @@ impl EmbeddedPolicy {
     }
 }
 
+/// Which text classifier runs beside the rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Whether a model scores at all. Off: the risk is the rules' evidence alone.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A model file from `sigil train`, base64, used in place of the built-in model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            enabled: true,
+            data: None,
+        }
+    }
+}
+
 /// What a tenant may change.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,6 +323,9 @@ pub enum PolicyError {
     /// A rule is invalid.
     #[error(transparent)]
     Rule(#[from] RuleError),
+    /// The model given is not a valid model file.
+    #[error("model: {0}")]
+    Model(String),
 }
 
 impl Policy {

@@ -2,8 +2,21 @@
 
 use std::collections::BTreeMap;
 
-use crate::contract::{Action, Contribution, Explanation, Finding, Level, Signal};
+use crate::contract::{
+    Action, Components, Contribution, Explanation, Finding, FindingSource, Level, Signal,
+};
+use crate::model::{sigmoid, FusionWeights, MAX_LOGIT};
 use crate::policy::{Actions, Thresholds};
+
+/// The model's part in a decision: its logit for the strongest window it read, and how the model
+/// file says to fuse it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelEvidence {
+    /// Logit of the strongest window.
+    pub logit: f64,
+    /// The model's fusion weights.
+    pub fusion: FusionWeights,
+}
 
 /// The decision reached from findings and signals.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,30 +36,101 @@ pub(crate) fn round4(x: f64) -> f64 {
     libm::round(x * 10_000.0) / 10_000.0
 }
 
-/// Combines evidence as independent: `1 - Π(1 - w)` over the strongest weight of each id.
+/// Combines weights as independent evidence: `1 - Π(1 - w)`.
+fn noisy_or(weights: impl Iterator<Item = f64>) -> f64 {
+    let keep = weights.fold(1.0, |acc, w| acc * (1.0 - w));
+    (1.0 - keep).clamp(0.0, 1.0)
+}
+
+/// A weight within [0, 1]; NaN counts as nothing.
+fn unit(weight: f64) -> f64 {
+    if weight.is_nan() {
+        0.0
+    } else {
+        weight.clamp(0.0, 1.0)
+    }
+}
+
+/// Decides from findings, behaviour signals and the model.
 ///
-/// One id counts once however often it matched, so repeating a phrase does not raise the score;
-/// different techniques together do.
-pub fn decide(
-    findings: &[Finding],
-    signals: &[Signal],
+/// Within rules, and within signals, evidence combines as independent: `1 - Π(1 - w)` over the
+/// strongest weight of each id. One id counts once however often it matched, so repeating a
+/// phrase does not raise the score; different techniques together do. With a model, the rules'
+/// evidence, the model's logit and the signals' evidence are fused by the model's calibrated
+/// weights ([`FusionWeights`]), and the rules' evidence is a floor: the model adds evidence to
+/// the rules, it never talks a rule's finding (or input left unread) down. Without a model, all
+/// evidence combines as independent.
+pub fn decide<'a>(
+    findings: &'a [Finding],
+    signals: &'a [Signal],
+    model: Option<ModelEvidence>,
     thresholds: &Thresholds,
     actions: &Actions,
 ) -> Decision {
+    // The strongest weight of each id: of every finding and signal, of rule findings alone, of
+    // signals alone.
     let mut strongest: BTreeMap<&str, f64> = BTreeMap::new();
-    for (id, weight) in findings
-        .iter()
-        .map(|f| (f.id.as_str(), f.weight))
-        .chain(signals.iter().map(|s| (s.id.as_str(), s.weight)))
-    {
-        let w = weight.clamp(0.0, 1.0);
-        let entry = strongest.entry(id).or_insert(0.0);
-        if w > *entry {
-            *entry = w;
+    let mut rule_weights: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut signal_weights: BTreeMap<&str, f64> = BTreeMap::new();
+    let keep_strongest = |map: &mut BTreeMap<&'a str, f64>, id: &'a str, w: f64| {
+        let entry = map.entry(id).or_insert(0.0);
+        *entry = entry.max(w);
+    };
+    for f in findings {
+        let w = unit(f.weight);
+        keep_strongest(&mut strongest, &f.id, w);
+        if f.source != FindingSource::Model {
+            keep_strongest(&mut rule_weights, &f.id, w);
         }
     }
-    let keep = strongest.values().fold(1.0, |acc, w| acc * (1.0 - w));
-    let score = round4((1.0 - keep).clamp(0.0, 1.0));
+    for s in signals {
+        let w = unit(s.weight);
+        keep_strongest(&mut strongest, &s.id, w);
+        keep_strongest(&mut signal_weights, &s.id, w);
+    }
+    let rules = noisy_or(rule_weights.values().copied());
+    let behaviour = noisy_or(signal_weights.values().copied());
+    let (score, components) = match model {
+        None => (
+            noisy_or(strongest.values().copied()),
+            Components {
+                rules: round4(rules),
+                model: None,
+                behaviour: round4(behaviour),
+                terms: Vec::new(),
+            },
+        ),
+        Some(ModelEvidence { logit, fusion }) => {
+            let logit = if logit.is_nan() {
+                -MAX_LOGIT
+            } else {
+                logit.clamp(-MAX_LOGIT, MAX_LOGIT)
+            };
+            let terms = [
+                ("bias", fusion.bias),
+                ("rules", fusion.rules * FusionWeights::evidence(rules)),
+                ("model", fusion.model * logit),
+                ("behaviour", fusion.behaviour * FusionWeights::evidence(behaviour)),
+            ];
+            let z: f64 = terms.iter().map(|(_, t)| t).sum();
+            (
+                sigmoid(z).max(rules),
+                Components {
+                    rules: round4(rules),
+                    model: Some(round4(sigmoid(logit))),
+                    behaviour: round4(behaviour),
+                    terms: terms
+                        .iter()
+                        .map(|(id, t)| Contribution {
+                            id: (*id).to_string(),
+                            weight: round4(*t),
+                        })
+                        .collect(),
+                },
+            )
+        }
+    };
+    let score = round4(score.clamp(0.0, 1.0));
     let level = thresholds.level_of(score);
     let action = actions.for_level(level);
 
@@ -86,6 +170,7 @@ pub fn decide(
             threshold,
             next_threshold,
             contributions,
+            components,
             summary,
         },
     }
@@ -117,7 +202,7 @@ mod tests {
 
     #[test]
     fn nothing_found_is_very_low_and_allowed() {
-        let d = decide(&[], &[], &Thresholds::default(), &Actions::default());
+        let d = decide(&[], &[], None, &Thresholds::default(), &Actions::default());
         assert_eq!(
             (d.score, d.level, d.action),
             (0.0, Level::VeryLow, Action::Allow)
@@ -129,9 +214,9 @@ mod tests {
     fn independent_evidence_combines_and_repeats_do_not() {
         let t = Thresholds::default();
         let a = Actions::default();
-        let one = decide(&[finding("a", 0.5)], &[], &t, &a);
-        let repeated = decide(&[finding("a", 0.5), finding("a", 0.5)], &[], &t, &a);
-        let two = decide(&[finding("a", 0.5), finding("b", 0.5)], &[], &t, &a);
+        let one = decide(&[finding("a", 0.5)], &[], None, &t, &a);
+        let repeated = decide(&[finding("a", 0.5), finding("a", 0.5)], &[], None, &t, &a);
+        let two = decide(&[finding("a", 0.5), finding("b", 0.5)], &[], None, &t, &a);
         assert_eq!(one.score, 0.5);
         assert_eq!(repeated.score, 0.5);
         assert_eq!(two.score, 0.75);

@@ -9,3 +9,4 @@ pub mod engine;
 pub mod service;
 pub mod signer;
 pub mod template;
+pub mod train;

@@ -27,8 +27,21 @@ fn ten_megabytes_with_an_attack_at_the_end() {
         out.assessment.level >= Level::High,
         "tail injection missed in 10 MB"
     );
-    let f = &out.assessment.findings[0];
-    assert!(text[f.span.byte_start..f.span.byte_end].starts_with("Ignore"));
+    let rule = out
+        .assessment
+        .findings
+        .iter()
+        .find(|f| f.source == guard_core::FindingSource::Rule)
+        .expect("a rule finding");
+    assert!(text[rule.span.byte_start..rule.span.byte_end].starts_with("Ignore"));
+    // The model's strongest window is the one with the attack, not diluted by 10 MB of calm.
+    let model = out
+        .assessment
+        .findings
+        .iter()
+        .find(|f| f.source == guard_core::FindingSource::Model)
+        .expect("a model finding");
+    assert_eq!(model.span.byte_end, text.len());
 }
 
 #[test]
@@ -131,10 +144,8 @@ fn malformed_json_requests_get_typed_errors() {
     let ok = g
         .assess_json(r#"{"segments": [{"text": "hi", "trust": "untrusted"}], "context": {"now": "2026-01-01T00:00:00Z"}}"#)
         .unwrap();
-    assert!(
-        ok.starts_with(r#"{"assessment":{"score":0.0,"level":"very_low","action":"allow""#),
-        "{ok}"
-    );
+    assert!(ok.starts_with(r#"{"assessment":{"score":"#), "{ok}");
+    assert!(ok.contains(r#""level":"very_low","action":"allow""#), "{ok}");
 }
 
 #[test]

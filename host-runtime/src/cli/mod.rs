@@ -15,6 +15,7 @@ mod keys;
 mod scan;
 mod serve;
 mod template;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Measure accuracy on labeled JSON Lines (`text`, `label` = attack or benign).
     Eval(eval::EvalArgs),
+    /// Train the text classifier on labeled JSON Lines and write a model file.
+    Train(train::TrainArgs),
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -156,6 +159,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(args) => scan::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args),
         Command::Keys(command) => keys::run(command),
         Command::Template(command) => template::run(command),
         Command::Serve(args) => serve::run(args),
