@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod metrics;
 pub mod service;
 pub mod signer;
 pub mod template;
