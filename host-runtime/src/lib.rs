@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod engine;
 pub mod metrics;
+pub mod plot;
 pub mod service;
 pub mod signer;
 pub mod template;
