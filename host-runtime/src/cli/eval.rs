@@ -738,6 +738,89 @@ mod tests {
         assert!(format!("{:#}", read_answer(&bad).unwrap_err()).contains("components.model"));
     }
 
+    fn labeled(line: usize, attack: bool) -> Labeled {
+        Labeled {
+            line,
+            id: Some(line.to_string()),
+            text: String::new(),
+            attack,
+            kind: if attack { "injection" } else { "benign" }.to_string(),
+            source: "s".to_string(),
+            lang: "en".to_string(),
+        }
+    }
+
+    fn answer(score: f64, rules: Option<f64>, model: Option<f64>) -> Answer {
+        Answer {
+            score,
+            action: if score >= 0.6 {
+                Action::Quarantine
+            } else {
+                Action::Allow
+            },
+            level: Level::VeryLow,
+            rules,
+            model,
+        }
+    }
+
+    #[test]
+    fn components_make_rules_and_model_scorers_of_their_own() {
+        let rows = [labeled(1, true), labeled(2, false), labeled(3, true)];
+        let answers = [
+            answer(0.9, Some(0.0), Some(0.95)),
+            answer(0.1, Some(0.0), Some(0.2)),
+            answer(0.7, Some(0.7), Some(0.1)),
+        ];
+        let mut report = Report {
+            high_threshold: 0.6,
+            ..Report::default()
+        };
+        let scorers = scorers(&mut report, &rows, &answers, None).unwrap();
+        let names: Vec<&str> = scorers.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["rules", "model", "fused"]);
+        assert!(report.rules_reported && report.model_reported);
+        // rules: attacks 0.0 and 0.7, benign 0.0: one pair won, one tied.
+        assert_eq!(scorers[0].roc_auc, Some(0.75));
+        assert_eq!(scorers[0].operating_point.measured.counts.tp, 1);
+        assert!(scorers[0].calibration.is_none());
+        // model: attacks 0.95 and 0.1, benign 0.2.
+        assert_eq!(scorers[1].roc_auc, Some(0.5));
+        assert_eq!(
+            scorers[1].calibration.as_ref().map(|c| c.bins.len()),
+            Some(10)
+        );
+        // fused flags what the guard stopped.
+        assert_eq!(scorers[2].operating_point.measured.counts.tp, 2);
+        assert_eq!(scorers[2].roc_auc, Some(1.0));
+
+        // Without components the fused score stands in for the rules and there is no model.
+        let bare = [
+            answer(0.9, None, None),
+            answer(0.1, None, None),
+            answer(0.7, None, None),
+        ];
+        let mut report = Report::default();
+        let scorers = super::scorers(&mut report, &rows, &bare, Some(&[(0.5, 1.0); 3])).unwrap();
+        let names: Vec<&str> = scorers.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["rules", "fused", "peer"]);
+        assert!(!report.rules_reported && !report.model_reported);
+        assert_eq!(scorers[0].roc_auc, scorers[1].roc_auc);
+
+        // A component on some rows but not others is an error naming the first row without.
+        let mixed = [
+            answer(0.9, None, Some(0.9)),
+            answer(0.1, None, None),
+            answer(0.7, None, Some(0.1)),
+        ];
+        let err = super::scorers(&mut Report::default(), &rows, &mixed, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("line 2: the guard gave a `model` component"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn the_plot_is_linked_by_name_beside_the_report() {
         assert_eq!(
