@@ -478,6 +478,30 @@ fn eval_reports_every_scorer_with_a_peer_a_report_and_a_plot() {
 }
 
 #[test]
+fn eval_of_an_empty_file_reports_no_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.jsonl");
+    std::fs::write(&file, "\n").unwrap();
+    let plot = dir.path().join("empty.svg");
+    let out = sigil(&[
+        "eval",
+        "--json",
+        "--no-progress",
+        "--plot",
+        plot.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"], 0);
+    assert!(v["scorers"][0]["roc_auc"].is_null());
+    assert!(v["scorers"][0]["at_max_fpr"].is_null());
+    assert!(v["latency"]["guard"]["median_us"].is_null());
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("d=\"\""), "{svg}");
+}
+
+#[test]
 fn eval_refuses_a_peer_file_that_does_not_match_the_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (file, peer) = labeled_with_peer(dir.path());
