@@ -2,10 +2,14 @@
 //! signing templates and serving HTTP.
 //!
 //! Every decision (assessment, template verification) is made inside the wasm guard through
-//! [`engine::GuardEngine`]; this crate reads files, holds keys and talks to the network.
+//! [`engine::GuardEngine`]; this crate reads files, holds keys and talks to the network. It also
+//! measures the guard: [`metrics`] (pure functions over scored rows) and [`plot`] serve
+//! `sigil eval`.
 
 pub mod cli;
 pub mod engine;
+pub mod metrics;
+pub mod plot;
 pub mod service;
 pub mod signer;
 pub mod template;

@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use guard_core::time::Timestamp;
+use guard_core::Policy;
 
 use crate::engine::{EngineLimits, GuardEngine};
 
@@ -67,12 +68,25 @@ struct GuardOptions {
 }
 
 impl GuardOptions {
+    fn policy_json(&self) -> Result<String> {
+        match &self.policy {
+            Some(path) => read_text(path, "policy"),
+            None => Ok("{}".to_string()),
+        }
+    }
+
     fn engine(&self) -> Result<GuardEngine> {
-        let policy = match &self.policy {
-            Some(path) => read_text(path, "policy")?,
-            None => "{}".to_string(),
-        };
-        GuardEngine::new(&policy, EngineLimits::default()).context("cannot start the guard")
+        Ok(self.engine_and_policy()?.0)
+    }
+
+    /// The guard, and the policy it runs as data (for commands that need its thresholds), both
+    /// from one reading of the policy file.
+    fn engine_and_policy(&self) -> Result<(GuardEngine, Policy)> {
+        let json = self.policy_json()?;
+        let engine =
+            GuardEngine::new(&json, EngineLimits::default()).context("cannot start the guard")?;
+        let policy = Policy::from_json(&json).context("cannot read the policy")?;
+        Ok((engine, policy))
     }
 
     fn now(&self) -> Result<String> {
@@ -114,9 +128,7 @@ fn utf8(bytes: Vec<u8>, what: &str) -> Result<String> {
 /// `f` over `items` on every core, results in input order. The engine's instance pool gives
 /// each thread its own guard instance.
 fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(items.len().max(1));
+    let threads = worker_threads(items.len());
     if threads <= 1 {
         return items.iter().map(&f).collect();
     }
@@ -142,6 +154,13 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
     });
     indexed.sort_by_key(|(i, _)| *i);
     indexed.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The threads [`parallel_map`] uses for `items` items: one per core, at most one per item.
+fn worker_threads(items: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(items.max(1))
 }
 
 /// Whether an error is the reader of our output going away.
