@@ -9,7 +9,7 @@ use crate::contract::{
 };
 use crate::model::{FeatureCounts, Model};
 use crate::policy::{EmbeddedPolicy, Limits};
-use crate::risk::{self, ModelEvidence};
+use crate::risk;
 use crate::text::{self, decode, floor_char_boundary, normalize};
 use crate::time::Timestamp;
 use crate::Guard;
@@ -72,9 +72,9 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
     let mut budget = Limits::usize(limits.max_scan_bytes);
     let mut findings: Vec<Finding> = Vec::new();
     let mut counts = FeatureCounts::default();
-    // The model's strongest logit over all untrusted segments, and over embedded ones.
-    let mut model_logit: Option<f64> = None;
-    let mut embedded_logit: Option<f64> = None;
+    // The model's strongest probability over all untrusted segments, and over embedded ones.
+    let mut model_probability: Option<f64> = None;
+    let mut embedded_probability: Option<f64> = None;
     if input.segments.is_empty() {
         errors.push(tolerated(
             "no_segments",
@@ -96,14 +96,20 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
         let scanned = text.get(..scan_len).unwrap_or_default();
         let (mut pending, decode_limited, model_hit) =
             scan_segment(guard, index, scanned, &mut counts);
-        if let Some(hit) = model_hit {
-            let best = model_logit.get_or_insert(hit.logit);
-            *best = best.max(hit.logit);
-            if is_embedded(segment) {
-                let best = embedded_logit.get_or_insert(hit.logit);
-                *best = best.max(hit.logit);
+        if let (Some(hit), Some(model)) = (model_hit, guard.model.as_deref()) {
+            let mut probability = model.header().fusion.probability(hit.logit);
+            if hit.only_quoted {
+                // The rules found instructions only as quotations: the text discusses an attack
+                // rather than making one. The model reads the same words, and is discounted the
+                // same way.
+                probability *= QUOTED_FACTOR;
             }
-            let probability = crate::model::sigmoid(hit.logit);
+            let best = model_probability.get_or_insert(probability);
+            *best = best.max(probability);
+            if is_embedded(segment) {
+                let best = embedded_probability.get_or_insert(probability);
+                *best = best.max(probability);
+            }
             if probability >= MODEL_REPORT_FROM {
                 pending.push(Finding {
                     id: MODEL_ID.to_string(),
@@ -167,14 +173,19 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
 
     let (thresholds, actions) = guard.policy.for_tenant(input.context.tenant.as_deref());
     // A model that read nothing reads as it would an empty text: its bias.
-    let evidence = |logit: Option<f64>| {
-        guard.model.as_deref().map(|model| ModelEvidence {
-            logit: logit.unwrap_or(model.header().bias),
-            fusion: model.header().fusion,
+    let evidence = |probability: Option<f64>| {
+        guard.model.as_deref().map(|model| {
+            probability.unwrap_or_else(|| model.header().fusion.probability(model.header().bias))
         })
     };
     // The score uses every finding; only the list reported is capped.
-    let mut decision = risk::decide(&findings, &[], evidence(model_logit), &thresholds, &actions);
+    let mut decision = risk::decide(
+        &findings,
+        &[],
+        evidence(model_probability),
+        &thresholds,
+        &actions,
+    );
     if let Some(embedded_thresholds) = &guard.policy.embedded.thresholds {
         let embedded: Vec<Finding> = findings
             .iter()
@@ -185,7 +196,7 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
             let mut strict = risk::decide(
                 &embedded,
                 &[],
-                evidence(embedded_logit),
+                evidence(embedded_probability),
                 embedded_thresholds,
                 &actions,
             );
@@ -267,6 +278,9 @@ struct SegmentScan<'a> {
     counts: &'a mut FeatureCounts,
     /// The model's strongest window so far.
     model_hit: Option<ModelHit>,
+    /// Rule matches recorded, and whether every one was quoted.
+    rule_matches: usize,
+    quoted_only: bool,
     index: usize,
     budget: decode::Budget,
     out: Vec<Finding>,
@@ -277,6 +291,8 @@ struct SegmentScan<'a> {
 /// The model's strongest window in a segment.
 struct ModelHit {
     logit: f64,
+    /// Whether the rules matched in the segment, and only inside quotations.
+    only_quoted: bool,
     /// Where in the segment's original text (the outer payload, for a decoded reading).
     range: Range<usize>,
     encodings: Vec<Encoding>,
@@ -296,6 +312,8 @@ fn scan_segment(
         model: guard.model.as_deref(),
         counts,
         model_hit: None,
+        rule_matches: 0,
+        quoted_only: true,
         index,
         budget: decode::Budget::default(),
         out: Vec::new(),
@@ -321,7 +339,11 @@ fn scan_segment(
             Vec::new(),
         ));
     }
-    (scan.out, undecoded.is_some(), scan.model_hit)
+    let mut model_hit = scan.model_hit;
+    if let Some(hit) = &mut model_hit {
+        hit.only_quoted = scan.rule_matches > 0 && scan.quoted_only;
+    }
+    (scan.out, undecoded.is_some(), model_hit)
 }
 
 impl SegmentScan<'_> {
@@ -342,9 +364,14 @@ impl SegmentScan<'_> {
         };
         if let Some(model) = self.model {
             let score = model.score(folded.text(), self.counts);
-            if self.model_hit.as_ref().is_none_or(|h| score.logit > h.logit) {
+            if self
+                .model_hit
+                .as_ref()
+                .is_none_or(|h| score.logit > h.logit)
+            {
                 self.model_hit = Some(ModelHit {
                     logit: score.logit,
+                    only_quoted: false,
                     range: locate(score.window),
                     encodings: encodings.to_vec(),
                 });
@@ -455,9 +482,11 @@ impl SegmentScan<'_> {
         }) {
             return;
         }
+        self.rule_matches += 1;
         let weight = if quoted {
             rule.weight * QUOTED_FACTOR
         } else {
+            self.quoted_only = false;
             rule.weight
         };
         self.out.push(Finding {

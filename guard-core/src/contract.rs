@@ -400,16 +400,11 @@ pub struct Explanation {
 pub struct Components {
     /// The rules' findings combined as independent evidence, `1 - Π(1 - w)`.
     pub rules: f64,
-    /// The model's probability for its strongest window; absent when no model runs.
+    /// The model's calibrated probability for its strongest window; absent when no model runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<f64>,
     /// The behaviour signals combined like the rules.
     pub behaviour: f64,
-    /// Terms of the fused logit (`bias`, `rules`, `model`, `behaviour`); their sum is the
-    /// logit of the score unless the rules' own evidence held it higher. Empty when no model runs and
-    /// the score is the rules' and signals' evidence combined.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub terms: Vec<Contribution>,
 }
 
 /// One id's part in the score.

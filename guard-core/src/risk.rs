@@ -5,18 +5,7 @@ use std::collections::BTreeMap;
 use crate::contract::{
     Action, Components, Contribution, Explanation, Finding, FindingSource, Level, Signal,
 };
-use crate::model::{sigmoid, FusionWeights, MAX_LOGIT};
 use crate::policy::{Actions, Thresholds};
-
-/// The model's part in a decision: its logit for the strongest window it read, and how the model
-/// file says to fuse it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ModelEvidence {
-    /// Logit of the strongest window.
-    pub logit: f64,
-    /// The model's fusion weights.
-    pub fusion: FusionWeights,
-}
 
 /// The decision reached from findings and signals.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,19 +40,18 @@ fn unit(weight: f64) -> f64 {
     }
 }
 
-/// Decides from findings, behaviour signals and the model.
+/// Decides from findings, behaviour signals and the model's calibrated probability (see
+/// [`crate::model::FusionWeights`]).
 ///
-/// Within rules, and within signals, evidence combines as independent: `1 - Π(1 - w)` over the
-/// strongest weight of each id. One id counts once however often it matched, so repeating a
-/// phrase does not raise the score; different techniques together do. With a model, the rules'
-/// evidence, the model's logit and the signals' evidence are fused by the model's calibrated
-/// weights ([`FusionWeights`]), and the rules' evidence is a floor: the model adds evidence to
-/// the rules, it never talks a rule's finding (or input left unread) down. Without a model, all
-/// evidence combines as independent.
+/// Evidence combines as independent: `1 - Π(1 - w)` over the strongest weight of each rule id
+/// and signal id, and the model's probability. One id counts once
+/// however often it matched, so repeating a phrase does not raise the score; different
+/// techniques together do. The model adds evidence to the rules; it never talks a rule's
+/// finding (or input left unread) down.
 pub fn decide<'a>(
     findings: &'a [Finding],
     signals: &'a [Signal],
-    model: Option<ModelEvidence>,
+    model: Option<f64>,
     thresholds: &Thresholds,
     actions: &Actions,
 ) -> Decision {
@@ -90,45 +78,17 @@ pub fn decide<'a>(
     }
     let rules = noisy_or(rule_weights.values().copied());
     let behaviour = noisy_or(signal_weights.values().copied());
-    let (score, components) = match model {
-        None => (
-            noisy_or(strongest.values().copied()),
-            Components {
-                rules: round4(rules),
-                model: None,
-                behaviour: round4(behaviour),
-                terms: Vec::new(),
-            },
-        ),
-        Some(ModelEvidence { logit, fusion }) => {
-            let logit = if logit.is_nan() {
-                -MAX_LOGIT
-            } else {
-                logit.clamp(-MAX_LOGIT, MAX_LOGIT)
-            };
-            let terms = [
-                ("bias", fusion.bias),
-                ("rules", fusion.rules * FusionWeights::evidence(rules)),
-                ("model", fusion.model * logit),
-                ("behaviour", fusion.behaviour * FusionWeights::evidence(behaviour)),
-            ];
-            let z: f64 = terms.iter().map(|(_, t)| t).sum();
-            (
-                sigmoid(z).max(rules),
-                Components {
-                    rules: round4(rules),
-                    model: Some(round4(sigmoid(logit))),
-                    behaviour: round4(behaviour),
-                    terms: terms
-                        .iter()
-                        .map(|(id, t)| Contribution {
-                            id: (*id).to_string(),
-                            weight: round4(*t),
-                        })
-                        .collect(),
-                },
-            )
+    let (score, model) = match model {
+        None => (noisy_or(strongest.values().copied()), None),
+        Some(p) => {
+            let p = unit(p);
+            (noisy_or([rules, p, behaviour].into_iter()), Some(p))
         }
+    };
+    let components = Components {
+        rules: round4(rules),
+        model: model.map(round4),
+        behaviour: round4(behaviour),
     };
     let score = round4(score.clamp(0.0, 1.0));
     let level = thresholds.level_of(score);

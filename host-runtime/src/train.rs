@@ -7,9 +7,11 @@
 //! assignment. The same command on the same file writes the same bytes.
 
 use anyhow::{bail, Context as _, Result};
+use base64::Engine as _;
+use guard_core::contract::Components;
 use guard_core::model::{
-    evidence_scale, features::FeatureSpec, logit, sigmoid, sublinear_tf, FeatureCounts, FusionWeights, Model,
-    ModelHeader, TrainingRecord, MAX_LOGIT,
+    evidence_scale, features::FeatureSpec, logit, sigmoid, sublinear_tf, FeatureCounts,
+    FusionWeights, Model, ModelHeader, TrainingRecord, MAX_LOGIT,
 };
 use guard_core::policy::ModelConfig;
 use guard_core::{AssessmentInput, Guard, Policy};
@@ -89,6 +91,8 @@ pub struct TrainOptions {
     pub evidence_features: u32,
     /// Share of attacks in the traffic the fused score is calibrated for.
     pub prior: f64,
+    /// A bucket must occur in at least this many training texts to be a feature.
+    pub min_df: u32,
     /// The policy whose rules give the rules' evidence the fusion weighs.
     pub policy: Policy,
 }
@@ -104,8 +108,9 @@ impl Default for TrainOptions {
             seed: 1,
             window: 4096,
             overlap: 1024,
-            evidence_features: 100,
+            evidence_features: 300,
             prior: 0.05,
+            min_df: 2,
             policy: Policy::default(),
         }
     }
@@ -118,8 +123,6 @@ pub struct Trained {
     pub model: Model,
     /// The held-out logit of each training example (its fold's model), in input order.
     pub held_out_logits: Vec<f64>,
-    /// The rules' evidence for each training example.
-    pub rule_scores: Vec<f64>,
     /// L-BFGS iterations of the final fit.
     pub iterations: u32,
 }
@@ -137,10 +140,7 @@ impl Rows {
         let end = self.starts.get(i + 1).copied().unwrap_or(start);
         let buckets = self.buckets.get(start..end).unwrap_or_default();
         let values = self.values.get(start..end).unwrap_or_default();
-        buckets
-            .iter()
-            .zip(values)
-            .map(|(&b, &v)| (b as usize, v))
+        buckets.iter().zip(values).map(|(&b, &v)| (b as usize, v))
     }
 }
 
@@ -183,8 +183,12 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
         .collect();
 
     let buckets = spec.buckets();
-    let (idf, idf_min, idf_step) = idf_table(&counted, buckets);
-    let idf_of = |b: u32| idf_min + f64::from(idf.get(b as usize).copied().unwrap_or(0)) * idf_step;
+    let (idf, idf_min, idf_step) = idf_table(&counted, buckets, options.min_df);
+    // 0 for a bucket that is not a feature.
+    let idf_of = |b: u32| match idf.get(b as usize).copied().unwrap_or(0) {
+        0 => 0.0,
+        q => idf_min + f64::from(q - 1) * idf_step,
+    };
     let rows = tf_idf_rows(&counted, &shrink, &idf_of);
     let labels: Vec<bool> = examples.iter().map(|e| e.attack).collect();
 
@@ -205,6 +209,7 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
             attacks: attacks as u64,
             seed: options.seed,
             l2: options.l2,
+            min_df: options.min_df,
             iterations,
             folds: options.folds,
             prior: options.prior,
@@ -212,9 +217,7 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
     };
     let neutral = FusionWeights {
         bias: 0.0,
-        rules: 1.0,
         model: 1.0,
-        behaviour: 1.0,
     };
     let build = |fit: &Fit, fusion: FusionWeights| -> Result<Model> {
         let (weights, scale) = quantize(&fit.weights, &idf_of);
@@ -246,8 +249,7 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
         }
     }
 
-    let rule_scores = rule_scores(examples, &options.policy)?;
-    let mut fusion = fit_fusion(&held_out_logits, &rule_scores, &labels);
+    let mut fusion = fit_fusion(&held_out_logits, &labels);
     // Bayes' rule: moving from the training share of attacks to the prior moves the log odds.
     let share = attacks as f64 / examples.len() as f64;
     fusion.bias = (fusion.bias + logit(options.prior) - logit(share)).clamp(-100.0, 100.0);
@@ -258,7 +260,6 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
     Ok(Trained {
         model,
         held_out_logits,
-        rule_scores,
         iterations: fit.iterations,
     })
 }
@@ -271,9 +272,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// IDF per bucket, `ln((1 + n) / (1 + df)) + 1` as scikit-learn smooths it, quantized to a byte.
-/// Returns the table, the value of 0 and the step.
-fn idf_table(counted: &[Vec<(u32, u32)>], buckets: usize) -> (Vec<u8>, f64, f64) {
+/// IDF per bucket, `ln((1 + n) / (1 + df)) + 1` as scikit-learn smooths it, quantized to a byte
+/// from 1; a bucket in fewer than `min_df` texts is no feature at all (0), so the model cannot
+/// lean on what one training text happened to say. Returns the table, the value of 1 and the
+/// step.
+fn idf_table(counted: &[Vec<(u32, u32)>], buckets: usize, min_df: u32) -> (Vec<u8>, f64, f64) {
     let mut df = vec![0u32; buckets];
     for row in counted {
         for &(b, _) in row {
@@ -285,13 +288,16 @@ fn idf_table(counted: &[Vec<(u32, u32)>], buckets: usize) -> (Vec<u8>, f64, f64)
     let n = counted.len() as f64;
     let idf_min = 1.0;
     let idf_max = libm::log(1.0 + n) + 1.0;
-    let step = (idf_max - idf_min) / 255.0;
+    let step = (idf_max - idf_min) / 254.0;
     let table = df
         .iter()
         .map(|&d| {
+            if d < min_df.max(1) {
+                return 0;
+            }
             let idf = libm::log((1.0 + n) / (1.0 + f64::from(d))) + 1.0;
-            let q = libm::round((idf - idf_min) / step);
-            q.clamp(0.0, 255.0) as u8
+            let q = 1.0 + libm::round((idf - idf_min) / step);
+            q.clamp(1.0, 255.0) as u8
         })
         .collect();
     (table, idf_min, step)
@@ -299,11 +305,7 @@ fn idf_table(counted: &[Vec<(u32, u32)>], buckets: usize) -> (Vec<u8>, f64, f64)
 
 /// TF-IDF rows, `(1 + ln c) * idf`, of unit length times the row's evidence scale, the way the
 /// model scores a window.
-fn tf_idf_rows(
-    counted: &[Vec<(u32, u32)>],
-    shrink: &[f64],
-    idf_of: &impl Fn(u32) -> f64,
-) -> Rows {
+fn tf_idf_rows(counted: &[Vec<(u32, u32)>], shrink: &[f64], idf_of: &impl Fn(u32) -> f64) -> Rows {
     let mut rows = Rows {
         starts: vec![0],
         buckets: Vec::new(),
@@ -314,6 +316,9 @@ fn tf_idf_rows(
         let mut norm = 0.0;
         for &(b, c) in row {
             let v = sublinear_tf(c) * idf_of(b);
+            if v == 0.0 {
+                continue;
+            }
             rows.buckets.push(b);
             rows.values.push(v);
             norm += v * v;
@@ -393,7 +398,11 @@ fn loss_and_gradient(
                 .row(i)
                 .map(|(b, v)| params.get(b).copied().unwrap_or(0.0) * v)
                 .sum::<f64>();
-        let y = if labels.get(i) == Some(&true) { 1.0 } else { 0.0 };
+        let y = if labels.get(i) == Some(&true) {
+            1.0
+        } else {
+            0.0
+        };
         // log(1 + e^z) - y z, computed without overflow.
         loss += if z > 0.0 {
             z + libm::log1p(libm::exp(-z))
@@ -526,7 +535,11 @@ fn quantize(weights: &[f64], idf_of: &impl Fn(u32) -> f64) -> (Vec<i8>, f64) {
         .enumerate()
         .map(|(b, w)| w * idf_of(u32::try_from(b).unwrap_or(u32::MAX)))
         .collect();
-    let mut magnitudes: Vec<f64> = products.iter().map(|v| v.abs()).filter(|v| *v > 0.0).collect();
+    let mut magnitudes: Vec<f64> = products
+        .iter()
+        .map(|v| v.abs())
+        .filter(|v| *v > 0.0)
+        .collect();
     magnitudes.sort_by(f64::total_cmp);
     let at = ((magnitudes.len() as f64) * 0.9999) as usize;
     let top = magnitudes
@@ -541,139 +554,65 @@ fn quantize(weights: &[f64], idf_of: &impl Fn(u32) -> f64) -> (Vec<i8>, f64) {
     (quantized, scale)
 }
 
-/// The rules' evidence for each example under `policy` with its model switched off.
-pub fn rule_scores(examples: &[Example], policy: &Policy) -> Result<Vec<f64>> {
-    let mut rules_only = policy.clone();
-    rules_only.model = ModelConfig {
-        enabled: false,
-        data: None,
+/// The guard's score and components for each example under `policy` with `model` in place of
+/// its model: what the guard itself would answer, natively.
+pub fn guard_scores(
+    examples: &[Example],
+    policy: &Policy,
+    model: &Model,
+) -> Result<Vec<(f64, Components)>> {
+    let mut with_model = policy.clone();
+    with_model.model = ModelConfig {
+        enabled: true,
+        data: Some(base64::engine::general_purpose::STANDARD.encode(model.to_bytes()?)),
     };
-    let guard = Guard::new(rules_only).context("the policy does not compile")?;
-    Ok(examples
+    let guard = Guard::new(with_model).context("the policy does not compile")?;
+    Ok(assess_all(&guard, examples))
+}
+
+fn assess_all(guard: &Guard, examples: &[Example]) -> Vec<(f64, Components)> {
+    examples
         .iter()
         .map(|e| {
             let input = AssessmentInput::from_text(&e.text, "2026-01-01T00:00:00Z");
-            guard.assess(&input).assessment.explanation.components.rules
+            let assessment = guard.assess(&input).assessment;
+            (assessment.score, assessment.explanation.components)
         })
-        .collect())
+        .collect()
 }
 
-/// Fits `bias`, `rules` and `model` of the fusion by logistic regression (Newton's method) on
-/// held-out logits and the rules' evidence. `behaviour` stays 1: there is no labeled behaviour to
-/// fit it on, so signals enter on the scale they were given.
-fn fit_fusion(held_out_logits: &[f64], rule_scores: &[f64], labels: &[bool]) -> FusionWeights {
-    // A little ridge keeps the solve well posed when one input separates the data.
+/// Fits the model's calibration (`bias` and `model`, Platt scaling) by logistic regression with
+/// Newton's method on held-out logits.
+fn fit_fusion(held_out_logits: &[f64], labels: &[bool]) -> FusionWeights {
+    // A little ridge on the scale keeps the solve well posed when the logits separate the data.
     const RIDGE: f64 = 1e-3;
-    let inputs: Vec<[f64; 3]> = held_out_logits
-        .iter()
-        .zip(rule_scores)
-        .map(|(&m, &r)| [1.0, FusionWeights::evidence(r), m])
-        .collect();
-    let mut beta = [0.0, 1.0, 1.0];
-    for _ in 0..50 {
-        let mut gradient = [0.0; 3];
-        let mut hessian = [[0.0; 3]; 3];
-        for (x, &attack) in inputs.iter().zip(labels) {
-            let z: f64 = beta.iter().zip(x).map(|(b, v)| b * v).sum();
-            let p = sigmoid(z);
+    let (mut bias, mut scale) = (0.0, 1.0);
+    for _ in 0..100 {
+        let (mut g0, mut g1, mut h00, mut h01, mut h11) = (0.0, RIDGE * scale, 0.0, 0.0, RIDGE);
+        for (&m, &attack) in held_out_logits.iter().zip(labels) {
+            let p = sigmoid(bias + scale * m);
             let y = if attack { 1.0 } else { 0.0 };
-            for ((g, row), xa) in gradient.iter_mut().zip(hessian.iter_mut()).zip(x) {
-                *g += (p - y) * xa;
-                for (h, xb) in row.iter_mut().zip(x) {
-                    *h += p * (1.0 - p) * xa * xb;
-                }
-            }
+            let w = p * (1.0 - p);
+            g0 += p - y;
+            g1 += (p - y) * m;
+            h00 += w;
+            h01 += w * m;
+            h11 += w * m * m;
         }
-        // The bias is not shrunk.
-        for (k, (g, row)) in gradient.iter_mut().zip(hessian.iter_mut()).enumerate().skip(1) {
-            *g += RIDGE * beta.get(k).copied().unwrap_or(0.0);
-            if let Some(h) = row.get_mut(k) {
-                *h += RIDGE;
-            }
-        }
-        let Some(step) = solve3(hessian, gradient) else {
+        let det = h00 * h11 - h01 * h01;
+        if !det.is_finite() || det.abs() < 1e-300 {
             break;
-        };
-        let mut change: f64 = 0.0;
-        for (b, s) in beta.iter_mut().zip(step) {
-            *b -= s;
-            change = change.max(s.abs());
         }
-        if change < 1e-10 {
+        let step0 = (h11 * g0 - h01 * g1) / det;
+        let step1 = (h00 * g1 - h01 * g0) / det;
+        bias -= step0;
+        scale -= step1;
+        if step0.abs().max(step1.abs()) < 1e-12 {
             break;
         }
     }
-    let [bias, rules, model] = beta;
     FusionWeights {
         bias: bias.clamp(-100.0, 100.0),
-        rules: rules.clamp(0.0, 100.0),
-        model: model.clamp(0.0, 100.0),
-        behaviour: 1.0,
+        model: scale.clamp(0.0, 100.0),
     }
-}
-
-/// Solves a 3×3 system by Cramer's rule; `None` when it is singular.
-fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> Option<[f64; 3]> {
-    let det = |[[a, b, c], [d, e, f], [g, h, i]]: [[f64; 3]; 3]| {
-        a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
-    };
-    let d = det(m);
-    if !d.is_finite() || d.abs() < 1e-300 {
-        return None;
-    }
-    let mut out = [0.0; 3];
-    for (col, slot) in out.iter_mut().enumerate() {
-        let mut replaced = m;
-        for (row, value) in replaced.iter_mut().zip(v) {
-            if let Some(cell) = row.get_mut(col) {
-                *cell = value;
-            }
-        }
-        *slot = det(replaced) / d;
-    }
-    Some(out)
-}
-
-/// ROC AUC of scores against labels, ties counted as half: a quick look at what training
-/// achieved (`sigil eval` reports the rest).
-pub fn auc(scores: &[f64], labels: &[bool]) -> f64 {
-    let mut pairs: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
-    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let positives = labels.iter().filter(|l| **l).count() as f64;
-    let negatives = labels.len() as f64 - positives;
-    let mut below = 0.0;
-    let mut wins = 0.0;
-    let mut i = 0;
-    while i < pairs.len() {
-        let score = pairs.get(i).map_or(0.0, |p| p.0);
-        let tied = pairs.iter().skip(i).take_while(|p| p.0 == score).count();
-        let group = pairs.get(i..i + tied).unwrap_or_default();
-        let tied_negatives = group.iter().filter(|p| !p.1).count() as f64;
-        let tied_positives = tied as f64 - tied_negatives;
-        wins += tied_positives * (below + 0.5 * tied_negatives);
-        below += tied_negatives;
-        i += tied;
-    }
-    wins / (positives * negatives).max(1.0)
-}
-
-/// Recall when at most `fpr` of benign rows score at or above the threshold.
-pub fn recall_at_fpr(scores: &[f64], labels: &[bool], fpr: f64) -> f64 {
-    let mut benign: Vec<f64> = scores
-        .iter()
-        .zip(labels)
-        .filter(|(_, a)| !**a)
-        .map(|(s, _)| *s)
-        .collect();
-    benign.sort_by(|a, b| b.total_cmp(a));
-    let allowed = (fpr * benign.len() as f64) as usize;
-    // Flag strictly above the (allowed+1)-th highest benign score.
-    let threshold = benign.get(allowed).copied().unwrap_or(f64::NEG_INFINITY);
-    let attacks = labels.iter().filter(|a| **a).count().max(1) as f64;
-    scores
-        .iter()
-        .zip(labels)
-        .filter(|(s, a)| **a && **s > threshold)
-        .count() as f64
-        / attacks
 }

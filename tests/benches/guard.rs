@@ -57,6 +57,10 @@ fn main() {
             .to_string();
     let native = Guard::new(Policy::default()).unwrap();
     let engine = GuardEngine::new("{}", EngineLimits::default()).unwrap();
+    // Static analysis alone: the same guard with its model switched off.
+    const RULES_ONLY: &str = r#"{"model": {"enabled": false}}"#;
+    let native_static = Guard::from_policy_json(RULES_ONLY).unwrap();
+    let engine_static = GuardEngine::new(RULES_ONLY, EngineLimits::default()).unwrap();
     let attack_input = AssessmentInput::from_text(prompt.clone(), NOW);
     let benign_input = AssessmentInput::from_text(benign.clone(), NOW);
 
@@ -172,10 +176,10 @@ fn main() {
             let text = sized(source, size);
             let input = AssessmentInput::from_text(text.clone(), NOW);
             let n = median(samples, || {
-                black_box(native.assess(black_box(&input)).to_json());
+                black_box(native_static.assess(black_box(&input)).to_json());
             });
             let w = median(samples, || {
-                black_box(engine.assess_text(black_box(&text), NOW).unwrap());
+                black_box(engine_static.assess_text(black_box(&text), NOW).unwrap());
             });
             let mbps = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
             println!(
@@ -189,6 +193,41 @@ fn main() {
         }
     }
     println!();
+
+    // The model on its own: natively, its scoring of the folded text the rules also read; in
+    // wasmtime, where it cannot be called alone, the full assessment less the rules-only one.
+    let model = guard_core::model::Model::builtin().unwrap();
+    let mut counts = guard_core::model::FeatureCounts::default();
+    println!(
+        "| model inference | native median | wasmtime median (full − rules only) | wasm / native |"
+    );
+    println!("|---|---|---|---|");
+    for (label, text) in [("1 KiB injection", &prompt), ("1 KiB benign", &benign)] {
+        let folded = guard_core::text::normalize(text);
+        let n = median(samples, || {
+            black_box(model.score(black_box(folded.text()), &mut counts));
+        });
+        let full = median(samples, || {
+            black_box(engine.assess_text(black_box(text), NOW).unwrap());
+        });
+        let rules = median(samples, || {
+            black_box(engine_static.assess_text(black_box(text), NOW).unwrap());
+        });
+        let w = full.saturating_sub(rules);
+        println!(
+            "| {label} | {} | {} ({} − {}) | {:.2}× |",
+            micros(n),
+            micros(w),
+            micros(full),
+            micros(rules),
+            w.as_secs_f64() / n.as_secs_f64()
+        );
+    }
+    println!(
+        "\nmodel: {} bytes of tables, file sha256 {}\n",
+        model.table_bytes(),
+        model.digest_hex()
+    );
 
     let guard_new = median(9, || {
         black_box(Guard::new(Policy::default()).unwrap());

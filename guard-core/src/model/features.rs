@@ -236,9 +236,7 @@ fn word_ngrams(text: &str, spec: &FeatureSpec, emit: &mut impl FnMut(u64)) {
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().nth(1).is_some());
     for word in words {
-        let hash = word
-            .bytes()
-            .fold(FNV_OFFSET ^ WORD_SEED, fnv_step);
+        let hash = word.bytes().fold(FNV_OFFSET ^ WORD_SEED, fnv_step);
         emit(hash);
         // Each longer n-gram ends at this word and starts further back.
         let mut combined = hash;
@@ -325,14 +323,20 @@ mod tests {
         let mut counts = FeatureCounts::default();
         counts.count("ab ab", &spec);
         let all = features("ab ab", &spec);
-        assert_eq!(counts.iter().map(|(_, c)| c as usize).sum::<usize>(), all.len());
+        assert_eq!(
+            counts.iter().map(|(_, c)| c as usize).sum::<usize>(),
+            all.len()
+        );
         let mut first_seen = Vec::new();
         for b in &all {
             if !first_seen.contains(b) {
                 first_seen.push(*b);
             }
         }
-        assert_eq!(counts.iter().map(|(b, _)| b).collect::<Vec<_>>(), first_seen);
+        assert_eq!(
+            counts.iter().map(|(b, _)| b).collect::<Vec<_>>(),
+            first_seen
+        );
         // Counting again forgets the last text, across growth too.
         let long = "word ".repeat(5000) + "other";
         counts.count(&long, &spec);

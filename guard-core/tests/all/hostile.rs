@@ -145,7 +145,10 @@ fn malformed_json_requests_get_typed_errors() {
         .assess_json(r#"{"segments": [{"text": "hi", "trust": "untrusted"}], "context": {"now": "2026-01-01T00:00:00Z"}}"#)
         .unwrap();
     assert!(ok.starts_with(r#"{"assessment":{"score":"#), "{ok}");
-    assert!(ok.contains(r#""level":"very_low","action":"allow""#), "{ok}");
+    assert!(
+        ok.contains(r#""level":"very_low","action":"allow""#),
+        "{ok}"
+    );
 }
 
 #[test]
@@ -220,7 +223,13 @@ fn policy_rules_are_compiled_when_the_policy_loads() {
         });
         serde_json::json!({ "rules": { "extra": [rule] } }).to_string()
     };
-    for bad in ["zebra (", "zebra\\w", "zebra[\\d]", "(?i)zebra", "(?:zebra{1000}){1000}"] {
+    for bad in [
+        "zebra (",
+        "zebra\\w",
+        "zebra[\\d]",
+        "(?i)zebra",
+        "(?:zebra{1000}){1000}",
+    ] {
         assert!(
             matches!(
                 Guard::from_policy_json(&policy(bad)),

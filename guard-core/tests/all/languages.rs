@@ -70,7 +70,7 @@ fn rules_only() -> Guard {
 /// With the model, a counter-example may be stopped now and then: they are written to sit next
 /// to an attack's words ("never ignore previous instructions from your manager"), which is where
 /// a word-level model is weakest. At most this share of them.
-const MAX_COUNTER_EXAMPLES_STOPPED_WITH_MODEL: f64 = 0.01;
+const MAX_COUNTER_EXAMPLES_STOPPED_WITH_MODEL: f64 = 0.02;
 
 #[test]
 fn with_the_model_counter_examples_are_rarely_stopped_and_examples_still_flagged() {
@@ -94,7 +94,10 @@ fn with_the_model_counter_examples_are_rarely_stopped_and_examples_still_flagged
             flagged += usize::from(action(text) >= Action::Warn);
         }
     }
-    println!("counter-examples stopped with the model: {} of {negatives}", stopped.len());
+    println!(
+        "counter-examples stopped with the model: {} of {negatives}",
+        stopped.len()
+    );
     println!("{}", stopped.join("\n"));
     assert!(
         stopped.len() as f64 <= MAX_COUNTER_EXAMPLES_STOPPED_WITH_MODEL * negatives as f64,
@@ -103,7 +106,10 @@ fn with_the_model_counter_examples_are_rarely_stopped_and_examples_still_flagged
         stopped.join("\n")
     );
     // The rules' evidence is a floor under the fused score, so the model never hides a match.
-    assert!(flagged as f64 >= MIN_RECALL * positives as f64, "{flagged} of {positives}");
+    assert!(
+        flagged as f64 >= MIN_RECALL * positives as f64,
+        "{flagged} of {positives}"
+    );
 }
 
 #[test]

@@ -8,7 +8,19 @@ use guard_core::model::features::FeatureSpec;
 use guard_core::Policy;
 
 use super::{read_bytes, read_text};
+use crate::metrics::Scores;
 use crate::train::{self, TrainOptions};
+
+/// ROC AUC and recall at 1% FPR, for a quick look (`sigil eval` reports the rest).
+fn summary(scores: &[f64], labels: &[bool]) -> Result<(f64, f64)> {
+    let scored = Scores::new(labels.iter().copied().zip(scores.iter().copied()))?;
+    let auc = scored.roc_auc().unwrap_or(f64::NAN);
+    let recall = scored
+        .at_max_fpr(0.01)
+        .and_then(|p| p.confusion.recall())
+        .unwrap_or(f64::NAN);
+    Ok((auc, recall))
+}
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
@@ -42,13 +54,16 @@ pub struct TrainArgs {
     /// Share of attacks in the traffic the fused score is calibrated for.
     #[arg(long, default_value_t = 0.05)]
     prior: f64,
+    /// A feature must occur in at least this many training texts.
+    #[arg(long, default_value_t = 2)]
+    min_df: u32,
     /// Feature occurrences at which a window's evidence counts half.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 300)]
     evidence_features: u32,
     /// Labeled JSON Lines to report on (nothing is fitted on them); may be given more than once.
     #[arg(long, value_name = "FILE")]
     dev: Vec<PathBuf>,
-    /// Write each dev row's logits (`model`, `rules`, `fused`) as JSON Lines here, in order;
+    /// Write each dev row's scores (`fused`, `model`, `rules`) as JSON Lines here, in order;
     /// one file per `--dev`, in the same order.
     #[arg(long, value_name = "FILE", requires = "dev")]
     dev_scores: Vec<PathBuf>,
@@ -56,8 +71,8 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let bytes = read_bytes(&args.data, "training data")?;
-    let examples = train::read_examples(&bytes)
-        .with_context(|| format!("in `{}`", args.data.display()))?;
+    let examples =
+        train::read_examples(&bytes).with_context(|| format!("in `{}`", args.data.display()))?;
     let policy = match &args.policy {
         Some(path) => Policy::from_json(&read_text(path, "policy")?)?,
         None => Policy::default(),
@@ -75,6 +90,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         policy,
         evidence_features: args.evidence_features,
         prior: args.prior,
+        min_df: args.min_df,
         ..TrainOptions::default()
     };
     let started = std::time::Instant::now();
@@ -91,60 +107,61 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         trained.iterations
     );
+    let (held_out_auc, held_out_recall) = summary(&trained.held_out_logits, &labels)?;
     outln!(
-        "held-out ROC AUC {:.4} (model alone, {} folds)",
-        train::auc(&trained.held_out_logits, &labels),
+        "held out ({} folds), model alone: ROC AUC {held_out_auc:.4}, recall at 1% FPR {held_out_recall:.4}",
         options.folds
     );
     outln!(
-        "fusion: bias {:.4}, rules {:.4}, model {:.4}, behaviour {:.4}",
+        "calibration: p = sigmoid({:.4} + {:.4} * logit), for a {} share of attacks",
         header.fusion.bias,
-        header.fusion.rules,
         header.fusion.model,
-        header.fusion.behaviour
+        options.prior
     );
     for (dev_index, dev) in args.dev.iter().enumerate() {
         let dev_examples = train::read_examples(&read_bytes(dev, "dev data")?)
             .with_context(|| format!("in `{}`", dev.display()))?;
-        let mut counts = guard_core::model::FeatureCounts::default();
-        let scores: Vec<f64> = dev_examples
-            .iter()
-            .map(|e| {
-                let folded = guard_core::text::normalize(&e.text);
-                trained.model.score(folded.text(), &mut counts).logit
-            })
-            .collect();
         let dev_labels: Vec<bool> = dev_examples.iter().map(|e| e.attack).collect();
-        let rules = train::rule_scores(&dev_examples, &options.policy)?;
-        let f = header.fusion;
-        let fused: Vec<f64> = scores
+        let answers = train::guard_scores(&dev_examples, &options.policy, &trained.model)?;
+        let fused: Vec<f64> = answers.iter().map(|(score, _)| *score).collect();
+        let model: Vec<f64> = answers
             .iter()
-            .zip(&rules)
-            .map(|(m, r)| f.bias + f.rules * guard_core::model::FusionWeights::evidence(*r) + f.model * m)
+            .map(|(_, c)| c.model.unwrap_or(0.0))
             .collect();
+        let rules: Vec<f64> = answers.iter().map(|(_, c)| c.rules).collect();
         if let Some(path) = args.dev_scores.get(dev_index) {
             let mut out = String::new();
-            for ((m, r), f) in scores.iter().zip(&rules).zip(&fused) {
-                out.push_str(&serde_json::json!({"model": m, "rules": r, "fused": f}).to_string());
+            for (score, c) in &answers {
+                out.push_str(
+                    &serde_json::json!({"fused": score, "model": c.model, "rules": c.rules})
+                        .to_string(),
+                );
                 out.push('\n');
             }
             std::fs::write(path, out)
                 .with_context(|| format!("cannot write `{}`", path.display()))?;
         }
-        for (name, s) in [("model", &scores), ("rules", &rules), ("fused", &fused)] {
+        for (name, s) in [("model", &model), ("rules", &rules), ("fused", &fused)] {
+            let (auc, recall) = summary(s, &dev_labels)?;
             outln!(
-                "{}: {name}: ROC AUC {:.4}, recall at 1% FPR {:.4}",
-                dev.display(),
-                train::auc(s, &dev_labels),
-                train::recall_at_fpr(s, &dev_labels, 0.01)
+                "{}: {name}: ROC AUC {auc:.4}, recall at 1% FPR {recall:.4}",
+                dev.display()
             );
         }
-        // At the default `high` threshold, 0.6, as a logit.
-        let stop = guard_core::model::logit(0.6);
-        let missed = fused.iter().zip(&dev_labels).filter(|(f, a)| **a && **f < stop).count();
-        let false_alarms = fused.iter().zip(&dev_labels).filter(|(f, a)| !**a && **f >= stop).count();
+        // At the default `high` threshold.
+        let stop = guard_core::policy::Thresholds::default().high;
+        let missed = fused
+            .iter()
+            .zip(&dev_labels)
+            .filter(|(f, a)| **a && **f < stop)
+            .count();
+        let false_alarms = fused
+            .iter()
+            .zip(&dev_labels)
+            .filter(|(f, a)| !**a && **f >= stop)
+            .count();
         outln!(
-            "{}: fused at 0.6: {missed} attacks missed, {false_alarms} benign stopped",
+            "{}: fused at {stop}: {missed} attacks missed, {false_alarms} benign stopped",
             dev.display()
         );
     }
