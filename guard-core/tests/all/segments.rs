@@ -1,7 +1,7 @@
 //! Untrusted content the user did not write (documents, tool output) is judged on its own terms.
 
 use crate::NOW;
-use guard_core::{AssessmentInput, Guard, Policy, PolicyError, Role, Segment};
+use guard_core::{AssessmentInput, Guard, PolicyError, Role, Segment};
 
 fn input(role: Option<Role>, text: &str) -> AssessmentInput {
     let mut input = AssessmentInput::from_text("", NOW);
