@@ -81,9 +81,9 @@ fn bucket(hash: u64, bits: u8) -> u32 {
 /// the same order on every platform.
 #[derive(Debug, Default, Clone)]
 pub struct FeatureCounts {
-    /// Open addressing: `bucket + 1` per slot, 0 when empty.
-    keys: Vec<u32>,
-    counts: Vec<u32>,
+    /// Open addressing, one word a slot: `bucket + 1` in the high half and the count in the low
+    /// half; 0 when empty.
+    slots: Vec<u64>,
     /// Slots in the order their buckets were first seen.
     order: Vec<u32>,
     /// Occurrences counted, repeats included.
@@ -115,16 +115,16 @@ impl FeatureCounts {
     /// Each bucket seen and how often, in the order first seen.
     pub fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.order.iter().filter_map(|&slot| {
-            let slot = slot as usize;
-            let key = self.keys.get(slot)?.checked_sub(1)?;
-            Some((key, *self.counts.get(slot)?))
+            let entry = *self.slots.get(slot as usize)?;
+            let key = u32::try_from(entry >> 32).ok()?.checked_sub(1)?;
+            Some((key, entry as u32))
         })
     }
 
     fn clear(&mut self) {
         for &slot in &self.order {
-            if let Some(key) = self.keys.get_mut(slot as usize) {
-                *key = 0;
+            if let Some(entry) = self.slots.get_mut(slot as usize) {
+                *entry = 0;
             }
         }
         self.order.clear();
@@ -134,121 +134,194 @@ impl FeatureCounts {
     fn add(&mut self, bucket: u32) {
         self.total += 1;
         // Half full at most, so probes stay short.
-        if (self.order.len() + 1) * 2 > self.keys.len() {
+        if (self.order.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let mask = self.keys.len() - 1;
-        let key = bucket.wrapping_add(1);
-        let mut slot = (bucket.wrapping_mul(0x9e37_79b1) as usize) & mask;
-        loop {
-            match self.keys.get(slot).copied() {
-                Some(0) => {
-                    if let (Some(k), Some(c)) = (self.keys.get_mut(slot), self.counts.get_mut(slot))
-                    {
-                        *k = key;
-                        *c = 1;
-                    }
-                    self.order.push(slot as u32);
-                    return;
-                }
-                Some(k) if k == key => {
-                    if let Some(c) = self.counts.get_mut(slot) {
-                        *c = c.saturating_add(1);
-                    }
-                    return;
-                }
-                Some(_) => slot = (slot + 1) & mask,
-                None => return,
+        let mask = self.slots.len() - 1;
+        let key = u64::from(bucket) + 1;
+        // Buckets are already the top bits of a mixed hash: their low bits spread well.
+        let mut slot = bucket as usize & mask;
+        while let Some(entry) = self.slots.get_mut(slot) {
+            if *entry == 0 {
+                *entry = (key << 32) | 1;
+                self.order.push(slot as u32);
+                return;
             }
+            if *entry >> 32 == key {
+                if *entry & 0xffff_ffff != 0xffff_ffff {
+                    *entry += 1;
+                }
+                return;
+            }
+            slot = (slot + 1) & mask;
         }
     }
 
     fn grow(&mut self) {
-        let seen: Vec<(u32, u32)> = self.iter().collect();
-        let size = (self.keys.len() * 2).max(1024);
-        self.keys = vec![0; size];
-        self.counts = vec![0; size];
+        let seen: Vec<u64> = self
+            .order
+            .iter()
+            .filter_map(|&slot| self.slots.get(slot as usize).copied())
+            .collect();
+        let size = (self.slots.len() * 2).max(1024);
+        self.slots = vec![0; size];
         self.order.clear();
-        let total = self.total;
-        for (bucket, count) in seen {
-            self.add(bucket);
-            if let Some(&slot) = self.order.last() {
-                if let Some(c) = self.counts.get_mut(slot as usize) {
-                    *c = count;
-                }
+        let mask = size - 1;
+        for entry in seen {
+            let mut slot = ((entry >> 32) - 1) as usize & mask;
+            while self.slots.get(slot).is_some_and(|e| *e != 0) {
+                slot = (slot + 1) & mask;
+            }
+            if let Some(e) = self.slots.get_mut(slot) {
+                *e = entry;
+                self.order.push(slot as u32);
             }
         }
-        self.total = total;
     }
 }
 
-/// Calls `emit` with the bucket of every feature occurrence in `text`, in a fixed order.
+/// Calls `emit` with the bucket of every feature occurrence in `text`, in a fixed order: token
+/// by token, its character n-grams and then the words it ends.
+///
+/// Characters are hashed as code points (FNV-1a over 32-bit values), in one pass over the text.
 pub fn for_each_feature(text: &str, spec: &FeatureSpec, mut emit: impl FnMut(u32)) {
+    let mut token = Token::default();
+    let mut words = WordChain::new(usize::from(spec.word_max));
     let bits = spec.bits;
-    char_ngrams(text, spec, &mut |h| emit(bucket(h, bits)));
-    word_ngrams(text, spec, &mut |h| emit(bucket(h, bits)));
+    let mut flush = |token: &mut Token, words: &mut WordChain| {
+        if token.codes.is_empty() {
+            return;
+        }
+        token.codes.push(SPACE);
+        token.alnum.push(false);
+        token.char_ngrams(spec, &mut |h| emit(bucket(h, bits)));
+        token.words(words, &mut |h| emit(bucket(h, bits)));
+        token.codes.clear();
+        token.alnum.clear();
+    };
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        let (code, alnum, space, len) = if byte.is_ascii() {
+            (
+                u32::from(byte),
+                byte.is_ascii_alphanumeric(),
+                byte.is_ascii_whitespace() || byte == 0x0b,
+                1,
+            )
+        } else {
+            let c = text.get(at..).and_then(|t| t.chars().next()).unwrap_or(' ');
+            (
+                u32::from(c),
+                c.is_alphanumeric(),
+                c.is_whitespace(),
+                c.len_utf8(),
+            )
+        };
+        at += len;
+        if space {
+            flush(&mut token, &mut words);
+        } else {
+            if token.codes.is_empty() {
+                token.codes.push(SPACE);
+                token.alnum.push(false);
+            }
+            token.codes.push(code);
+            token.alnum.push(alnum);
+        }
+    }
+    flush(&mut token, &mut words);
 }
 
-/// Character n-grams of each token padded with spaces, `n` counted in characters.
-fn char_ngrams(text: &str, spec: &FeatureSpec, emit: &mut impl FnMut(u64)) {
-    let min = usize::from(spec.char_min);
-    let max = usize::from(spec.char_max);
-    // Byte offsets where each character of the padded token starts, and its end.
-    let mut starts: Vec<usize> = Vec::with_capacity(64);
-    let mut padded: Vec<u8> = Vec::with_capacity(64);
-    for token in text.split(|c: char| c.is_whitespace()) {
-        if token.is_empty() {
-            continue;
-        }
-        padded.clear();
-        starts.clear();
-        padded.push(b' ');
-        padded.extend_from_slice(token.as_bytes());
-        padded.push(b' ');
-        starts.push(0);
-        starts.extend(token.char_indices().map(|(i, _)| i + 1));
-        starts.push(token.len() + 1);
-        let chars = starts.len();
-        starts.push(padded.len());
-        for first in 0..chars {
+/// One whitespace-separated token, as code points, padded with a space on both sides.
+#[derive(Default)]
+struct Token {
+    codes: Vec<u32>,
+    alnum: Vec<bool>,
+}
+
+const SPACE: u32 = b' ' as u32;
+
+fn fnv_code(hash: u64, code: u32) -> u64 {
+    (hash ^ u64::from(code)).wrapping_mul(FNV_PRIME)
+}
+
+impl Token {
+    /// Character n-grams of the padded token.
+    fn char_ngrams(&self, spec: &FeatureSpec, emit: &mut impl FnMut(u64)) {
+        let min = spec.char_min.into();
+        let max = spec.char_max.into();
+        let codes = &self.codes;
+        for first in 0..codes.len() {
             let mut hash = FNV_OFFSET;
-            let mut at = starts.get(first).copied().unwrap_or(padded.len());
-            for n in 1..=max.min(chars - first) {
-                let end = starts.get(first + n).copied().unwrap_or(padded.len());
-                for &byte in padded.get(at..end).unwrap_or_default() {
-                    hash = fnv_step(hash, byte);
-                }
-                at = end;
-                if n >= min {
+            for (n, &code) in codes
+                .get(first..)
+                .unwrap_or_default()
+                .iter()
+                .take(max)
+                .enumerate()
+            {
+                hash = fnv_code(hash, code);
+                if n + 1 >= min {
                     emit(hash);
                 }
             }
         }
     }
+
+    /// The words in the token (runs of two or more letters or digits), chained to the words
+    /// before them for n-grams.
+    fn words(&self, chain: &mut WordChain, emit: &mut impl FnMut(u64)) {
+        let mut start = None;
+        for i in 0..=self.codes.len() {
+            let alnum = self.alnum.get(i).copied().unwrap_or(false);
+            match (alnum, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    start = None;
+                    if i - s >= 2 {
+                        let hash = self
+                            .codes
+                            .get(s..i)
+                            .unwrap_or_default()
+                            .iter()
+                            .fold(FNV_OFFSET ^ WORD_SEED, |h, &c| fnv_code(h, c));
+                        chain.push(hash, emit);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
-/// Word n-grams: a word is a run of two or more letters or digits.
-fn word_ngrams(text: &str, spec: &FeatureSpec, emit: &mut impl FnMut(u64)) {
-    let max = usize::from(spec.word_max);
-    // The hashes of the last `max - 1` words, newest last.
-    let mut recent: Vec<u64> = Vec::with_capacity(max);
-    let words = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.chars().nth(1).is_some());
-    for word in words {
-        let hash = word.bytes().fold(FNV_OFFSET ^ WORD_SEED, fnv_step);
+/// The hashes of the last words, for word n-grams up to `max`.
+struct WordChain {
+    max: usize,
+    recent: Vec<u64>,
+}
+
+impl WordChain {
+    fn new(max: usize) -> Self {
+        WordChain {
+            max,
+            recent: Vec::with_capacity(max),
+        }
+    }
+
+    fn push(&mut self, hash: u64, emit: &mut impl FnMut(u64)) {
         emit(hash);
         // Each longer n-gram ends at this word and starts further back.
         let mut combined = hash;
-        for previous in recent.iter().rev() {
+        for previous in self.recent.iter().rev() {
             combined = fnv_step(combined.rotate_left(17) ^ previous, b' ');
             emit(combined);
         }
-        if max > 1 {
-            if recent.len() + 1 >= max {
-                recent.remove(0);
+        if self.max > 1 {
+            if self.recent.len() + 1 >= self.max {
+                self.recent.remove(0);
             }
-            recent.push(hash);
+            self.recent.push(hash);
         }
     }
 }
