@@ -100,8 +100,10 @@ impl Guard {
             (false, _) => None,
             (true, None) => Some(Model::builtin().map_err(|e| PolicyError::Model(e.to_string()))?),
             (true, Some(data)) => {
+                // Line breaks and spaces are allowed: base64 tools wrap their output.
+                let compact: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
                 let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(data.trim())
+                    .decode(compact)
                     .map_err(|e| PolicyError::Model(format!("data is not base64: {e}")))?;
                 let model =
                     Model::from_bytes(&bytes).map_err(|e| PolicyError::Model(e.to_string()))?;

@@ -65,13 +65,21 @@ struct GuardOptions {
     /// The time the guard is told it is (RFC 3339 UTC). Without it, the system clock.
     #[arg(long, value_name = "RFC3339")]
     now: Option<String>,
+    /// A model file from `sigil train`, used in place of the built-in model (it becomes the
+    /// policy's `model.data`).
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
 }
 
 impl GuardOptions {
     fn policy_json(&self) -> Result<String> {
-        match &self.policy {
-            Some(path) => read_text(path, "policy"),
-            None => Ok("{}".to_string()),
+        let policy = match &self.policy {
+            Some(path) => read_text(path, "policy")?,
+            None => "{}".to_string(),
+        };
+        match &self.model {
+            Some(path) => with_model(&policy, &read_bytes(path, "model")?),
+            None => Ok(policy),
         }
     }
 
@@ -95,6 +103,29 @@ impl GuardOptions {
             None => Ok(now_utc()),
         }
     }
+}
+
+/// The policy JSON with `model.data` set to a model file, base64.
+fn with_model(policy: &str, model: &[u8]) -> Result<String> {
+    use base64::Engine as _;
+    let mut value: serde_json::Value =
+        serde_json::from_str(policy).context("the policy is not JSON")?;
+    let Some(object) = value.as_object_mut() else {
+        anyhow::bail!("the policy is not a JSON object");
+    };
+    let entry = object
+        .entry("model")
+        .or_insert_with(|| serde_json::json!({}));
+    let Some(model_config) = entry.as_object_mut() else {
+        anyhow::bail!("the policy's `model` is not an object");
+    };
+    model_config.insert(
+        "data".into(),
+        base64::engine::general_purpose::STANDARD
+            .encode(model)
+            .into(),
+    );
+    Ok(value.to_string())
 }
 
 /// The system clock as RFC 3339 UTC, to the second.
