@@ -109,17 +109,30 @@ pub fn decide<'a>(
         .iter()
         .find(|l| **l > level)
         .and_then(|l| thresholds.lower_bound(*l));
+    // Which sources made the score, when there is more than one.
+    let parts = match components.model {
+        Some(model) if components.behaviour > 0.0 => format!(
+            " (rules {:.4}, model {model:.4}, behaviour {:.4})",
+            components.rules, components.behaviour
+        ),
+        Some(model) => format!(" (rules {:.4}, model {model:.4})", components.rules),
+        None if components.behaviour > 0.0 => format!(
+            " (rules {:.4}, behaviour {:.4})",
+            components.rules, components.behaviour
+        ),
+        None => String::new(),
+    };
     let summary = match (threshold, next_threshold) {
         (Some(t), Some(n)) => format!(
-            "score {score:.4} is at or above the {} threshold {t} and below the next {n}",
+            "score {score:.4}{parts} is at or above the {} threshold {t} and below the next {n}",
             level.as_str()
         ),
         (Some(t), None) => format!(
-            "score {score:.4} is at or above the {} threshold {t}",
+            "score {score:.4}{parts} is at or above the {} threshold {t}",
             level.as_str()
         ),
-        (None, Some(n)) => format!("score {score:.4} is below the low threshold {n}"),
-        (None, None) => format!("score {score:.4}"),
+        (None, Some(n)) => format!("score {score:.4}{parts} is below the low threshold {n}"),
+        (None, None) => format!("score {score:.4}{parts}"),
     };
     Decision {
         score,
@@ -183,5 +196,31 @@ mod tests {
         assert_eq!(two.level, Level::High);
         assert_eq!(two.action, Action::Quarantine);
         assert_eq!(two.explanation.threshold, Some(0.6));
+    }
+
+    #[test]
+    fn the_model_joins_as_independent_evidence_and_is_explained() {
+        let t = Thresholds::default();
+        let a = Actions::default();
+        let rules_only = decide(&[finding("a", 0.5)], &[], None, &t, &a);
+        let with_model = decide(&[finding("a", 0.5)], &[], Some(0.5), &t, &a);
+        assert_eq!(rules_only.explanation.components.model, None);
+        assert_eq!(with_model.score, 0.75);
+        assert_eq!(with_model.explanation.components.model, Some(0.5));
+        assert_eq!(with_model.explanation.components.rules, 0.5);
+        assert!(
+            with_model
+                .explanation
+                .summary
+                .starts_with("score 0.7500 (rules 0.5000, model 0.5000) is at or above the high"),
+            "{}",
+            with_model.explanation.summary
+        );
+        // The model never lowers what the rules found.
+        let doubtful = decide(&[finding("a", 0.9)], &[], Some(0.0), &t, &a);
+        assert_eq!(doubtful.score, 0.9);
+        // Nonsense from a model is nothing, not a crash.
+        let nan = decide(&[], &[], Some(f64::NAN), &t, &a);
+        assert_eq!(nan.score, 0.0);
     }
 }
