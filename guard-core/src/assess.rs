@@ -41,7 +41,27 @@ fn tolerated(code: &str, message: String, segment: Option<usize>) -> ToleratedEr
     }
 }
 
+thread_local! {
+    /// The model's counting table, kept between assessments on a thread: it grows once to the
+    /// size texts need instead of on every call. It holds nothing between calls that matters;
+    /// each window clears it.
+    static COUNTS: std::cell::RefCell<FeatureCounts> =
+        std::cell::RefCell::new(FeatureCounts::default());
+}
+
 pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput {
+    COUNTS.with(|counts| match counts.try_borrow_mut() {
+        Ok(mut counts) => assess_with(guard, input, &mut counts),
+        // Only re-entry could find it taken; a table of its own serves then.
+        Err(_) => assess_with(guard, input, &mut FeatureCounts::default()),
+    })
+}
+
+fn assess_with(
+    guard: &Guard,
+    input: &AssessmentInput,
+    counts: &mut FeatureCounts,
+) -> AssessmentOutput {
     let mut errors = Vec::new();
     let now = match Timestamp::parse(&input.context.now) {
         Ok(t) => Some(t),
@@ -71,7 +91,6 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
     let max_findings = Limits::usize(limits.max_findings);
     let mut budget = Limits::usize(limits.max_scan_bytes);
     let mut findings: Vec<Finding> = Vec::new();
-    let mut counts = FeatureCounts::default();
     // The model's strongest probability over all untrusted segments, and over embedded ones.
     let mut model_probability: Option<f64> = None;
     let mut embedded_probability: Option<f64> = None;
@@ -95,7 +114,7 @@ pub(crate) fn assess(guard: &Guard, input: &AssessmentInput) -> AssessmentOutput
         budget -= scan_len;
         let scanned = text.get(..scan_len).unwrap_or_default();
         let (mut pending, decode_limited, model_hit) =
-            scan_segment(guard, index, scanned, &mut counts);
+            scan_segment(guard, index, scanned, counts);
         if let (Some(hit), Some(model)) = (model_hit, guard.model.as_deref()) {
             let mut probability = model.header().fusion.probability(hit.logit);
             if hit.only_quoted {
