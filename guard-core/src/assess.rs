@@ -30,6 +30,9 @@ pub const MODEL_ID: &str = "model.classifier";
 /// The model's strongest window is reported as a finding from this probability up; below it, the
 /// model's part is still in the explanation's components.
 const MODEL_REPORT_FROM: f64 = 0.5;
+/// A quoted match must be of at least this weight for the text to count as discussing an attack
+/// (and the model to be discounted): quoting a stray delimiter token is no discussion.
+const QUOTED_DISCUSSION_WEIGHT: f64 = 0.6;
 /// A match that is only quoted ("phrases like 'ignore previous instructions'") counts this much.
 const QUOTED_FACTOR: f64 = 0.5;
 
@@ -113,8 +116,10 @@ fn assess_with(
         };
         budget -= scan_len;
         let scanned = text.get(..scan_len).unwrap_or_default();
-        let (mut pending, decode_limited, model_hit) =
-            scan_segment(guard, index, scanned, counts);
+        let (mut pending, decode_limited, model_hit) = scan_segment(guard, index, scanned, counts);
+        // The model's finding is reported with the probability that was scored, so it joins the
+        // list after embedded content's rule weights were raised.
+        let mut model_finding = None;
         if let (Some(hit), Some(model)) = (model_hit, guard.model.as_deref()) {
             let mut probability = model.header().fusion.probability(hit.logit);
             if hit.only_quoted {
@@ -130,7 +135,7 @@ fn assess_with(
                 *best = best.max(probability);
             }
             if probability >= MODEL_REPORT_FROM {
-                pending.push(Finding {
+                model_finding = Some(Finding {
                     id: MODEL_ID.to_string(),
                     category: Category::Classifier,
                     source: FindingSource::Model,
@@ -158,6 +163,7 @@ fn assess_with(
         if is_embedded(segment) {
             weigh_embedded(&mut pending, guard.policy.embedded.instruction_factor);
         }
+        pending.extend(model_finding);
         if scan_len < text.len() {
             errors.push(tolerated(
                 "unscanned_input",
@@ -300,6 +306,8 @@ struct SegmentScan<'a> {
     /// Rule matches recorded, and whether every one was quoted.
     rule_matches: usize,
     quoted_only: bool,
+    /// Whether a quoted match is an attack phrase of weight, not a stray token.
+    quotes_an_attack: bool,
     index: usize,
     budget: decode::Budget,
     out: Vec<Finding>,
@@ -333,6 +341,7 @@ fn scan_segment(
         model_hit: None,
         rule_matches: 0,
         quoted_only: true,
+        quotes_an_attack: false,
         index,
         budget: decode::Budget::default(),
         out: Vec::new(),
@@ -360,7 +369,7 @@ fn scan_segment(
     }
     let mut model_hit = scan.model_hit;
     if let Some(hit) = &mut model_hit {
-        hit.only_quoted = scan.rule_matches > 0 && scan.quoted_only;
+        hit.only_quoted = scan.rule_matches > 0 && scan.quoted_only && scan.quotes_an_attack;
     }
     (scan.out, undecoded.is_some(), model_hit)
 }
@@ -413,6 +422,7 @@ impl SegmentScan<'_> {
             // ROT13 keeps every byte where it was, so ranges carry over as they are.
             let rotated = text::rot13(folded.text());
             let chain = with(encodings, Encoding::Rot13);
+            self.model_read(&rotated, locate, &chain);
             for m in self.guard.rules.find(&rotated) {
                 let quoted = is_quoted(&rotated, &m.range);
                 let obfuscations = folded.obfuscations_in(m.range.clone());
@@ -431,6 +441,7 @@ impl SegmentScan<'_> {
             let reversed: String = folded.text().chars().rev().collect();
             let n = reversed.len();
             let chain = with(encodings, Encoding::Reversed);
+            self.model_read(&reversed, |w| locate(n - w.end..n - w.start), &chain);
             for m in self.guard.rules.find(&reversed) {
                 let range = n - m.range.end..n - m.range.start;
                 let quoted = is_quoted(&reversed, &m.range);
@@ -482,6 +493,32 @@ impl SegmentScan<'_> {
         }
     }
 
+    /// Scores one reading with the model and keeps it if it is the strongest so far. `locate`
+    /// maps a range of the reading to the segment's original text.
+    fn model_read(
+        &mut self,
+        reading: &str,
+        locate: impl Fn(Range<usize>) -> Range<usize>,
+        encodings: &[Encoding],
+    ) {
+        let Some(model) = self.model else {
+            return;
+        };
+        let score = model.score(reading, self.counts);
+        if self
+            .model_hit
+            .as_ref()
+            .is_none_or(|h| score.logit > h.logit)
+        {
+            self.model_hit = Some(ModelHit {
+                logit: score.logit,
+                only_quoted: false,
+                range: locate(score.window),
+                encodings: encodings.to_vec(),
+            });
+        }
+    }
+
     /// Records a rule match at `range` of the segment, unless the same rule already matched
     /// there through another reading.
     fn add(
@@ -502,6 +539,9 @@ impl SegmentScan<'_> {
             return;
         }
         self.rule_matches += 1;
+        if quoted && rule.weight >= QUOTED_DISCUSSION_WEIGHT {
+            self.quotes_an_attack = true;
+        }
         let weight = if quoted {
             rule.weight * QUOTED_FACTOR
         } else {

@@ -96,10 +96,10 @@ impl Guard {
         let extra_from = enabled_builtin.clone().count();
         let rules = RuleSet::compile_lazily(enabled_builtin.chain(policy.rules.extra.iter()))?;
         rules.prepare(extra_from)?;
-        let model = match (&policy.model.enabled, &policy.model.data) {
-            (false, _) => None,
-            (true, None) => Some(Model::builtin().map_err(|e| PolicyError::Model(e.to_string()))?),
-            (true, Some(data)) => {
+        // A model given is checked even when switched off, so turning it on cannot fail later.
+        let custom = match &policy.model.data {
+            None => None,
+            Some(data) => {
                 // Line breaks and spaces are allowed: base64 tools wrap their output.
                 let compact: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
                 let bytes = base64::engine::general_purpose::STANDARD
@@ -109,6 +109,11 @@ impl Guard {
                     Model::from_bytes(&bytes).map_err(|e| PolicyError::Model(e.to_string()))?;
                 Some(Arc::new(model))
             }
+        };
+        let model = match (policy.model.enabled, custom) {
+            (false, _) => None,
+            (true, Some(custom)) => Some(custom),
+            (true, None) => Some(Model::builtin().map_err(|e| PolicyError::Model(e.to_string()))?),
         };
         Ok(Guard {
             policy,

@@ -36,9 +36,11 @@ pub struct Example {
     pub attack: bool,
 }
 
-/// Reads labeled JSON Lines. Blank lines are skipped; anything else that is not a row with
-/// `text` and `label` (`attack` or `benign`) is an error naming its line.
+/// Reads labeled JSON Lines. Blank lines are skipped, as is a byte-order mark; anything else
+/// that is not an object with `text` and `label` (`attack` or `benign`) is an error naming its
+/// line.
 pub fn read_examples(bytes: &[u8]) -> Result<Vec<Example>> {
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "training data is not valid UTF-8 (invalid byte at offset {})",
@@ -50,7 +52,12 @@ pub fn read_examples(bytes: &[u8]) -> Result<Vec<Example>> {
         if line.trim().is_empty() {
             continue;
         }
-        let row: LabeledRow = serde_json::from_str(line)
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("line {}: not JSON", index + 1))?;
+        if !value.is_object() {
+            bail!("line {}: not a labeled row (a JSON object)", index + 1);
+        }
+        let row: LabeledRow = serde_json::from_value(value)
             .with_context(|| format!("line {}: not a labeled row", index + 1))?;
         let attack = match row.label.as_str() {
             "attack" => true,
@@ -93,7 +100,7 @@ pub struct TrainOptions {
     pub prior: f64,
     /// A bucket must occur in at least this many training texts to be a feature.
     pub min_df: u32,
-    /// The policy whose rules give the rules' evidence the fusion weighs.
+    /// The policy that `--dev` reports run the guard with (training itself reads text only).
     pub policy: Policy,
 }
 
@@ -106,8 +113,8 @@ impl Default for TrainOptions {
             max_iterations: 300,
             folds: 5,
             seed: 1,
-            window: 4096,
-            overlap: 1024,
+            window: 1024,
+            overlap: 384,
             evidence_features: 300,
             prior: 0.05,
             min_df: 2,
@@ -156,6 +163,9 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
     if !(options.prior > 0.0 && options.prior < 1.0) {
         bail!("the prior must be within (0, 1)");
     }
+    if options.max_iterations == 0 || options.min_df == 0 {
+        bail!("iterations and min-df must be at least 1");
+    }
     if !(options.l2.is_finite() && options.l2 > 0.0) {
         bail!("the L2 penalty must be a positive number");
     }
@@ -177,7 +187,7 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
         .map(|e| {
             let folded = guard_core::text::normalize(&e.text);
             counts.count(folded.text(), &spec);
-            shrink.push(evidence_scale(counts.total(), options.evidence_features));
+            shrink.push(evidence_scale(counts.len(), options.evidence_features));
             counts.iter().collect()
         })
         .collect();
@@ -250,6 +260,13 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
     }
 
     let mut fusion = fit_fusion(&held_out_logits, &labels);
+    let features_used = idf.iter().filter(|q| **q > 0).count();
+    if features_used == 0 {
+        bail!(
+            "no feature occurs in {} training texts: lower --min-df or add data",
+            options.min_df
+        );
+    }
     // Bayes' rule: moving from the training share of attacks to the prior moves the log odds.
     let share = attacks as f64 / examples.len() as f64;
     fusion.bias = (fusion.bias + logit(options.prior) - logit(share)).clamp(-100.0, 100.0);
@@ -583,15 +600,26 @@ fn assess_all(guard: &Guard, examples: &[Example]) -> Vec<(f64, Components)> {
 
 /// Fits the model's calibration (`bias` and `model`, Platt scaling) by logistic regression with
 /// Newton's method on held-out logits.
+///
+/// The targets are Platt's smoothed ones, `(N+ + 1) / (N+ + 2)` for attacks and `1 / (N- + 2)`
+/// for benign rows; the scale is drawn toward 1 and the bias toward 0 by a prior worth a few
+/// rows, and Newton steps are damped. When the held-out logits separate the data perfectly
+/// (small or easy data), the fit stays near the model's own scale instead of running off to
+/// where any unfamiliar text counts as an attack.
 fn fit_fusion(held_out_logits: &[f64], labels: &[bool]) -> FusionWeights {
-    // A little ridge on the scale keeps the solve well posed when the logits separate the data.
-    const RIDGE: f64 = 1e-3;
+    const RIDGE: f64 = 4.0;
+    const MAX_STEP: f64 = 1.0;
+    let attacks = labels.iter().filter(|a| **a).count() as f64;
+    let benign = labels.len() as f64 - attacks;
+    let target_attack = (attacks + 1.0) / (attacks + 2.0);
+    let target_benign = 1.0 / (benign + 2.0);
     let (mut bias, mut scale) = (0.0, 1.0);
-    for _ in 0..100 {
-        let (mut g0, mut g1, mut h00, mut h01, mut h11) = (0.0, RIDGE * scale, 0.0, 0.0, RIDGE);
+    for _ in 0..200 {
+        let (mut g0, mut g1, mut h00, mut h01, mut h11) =
+            (RIDGE * bias, RIDGE * (scale - 1.0), RIDGE, 0.0, RIDGE);
         for (&m, &attack) in held_out_logits.iter().zip(labels) {
             let p = sigmoid(bias + scale * m);
-            let y = if attack { 1.0 } else { 0.0 };
+            let y = if attack { target_attack } else { target_benign };
             let w = p * (1.0 - p);
             g0 += p - y;
             g1 += (p - y) * m;
@@ -603,8 +631,8 @@ fn fit_fusion(held_out_logits: &[f64], labels: &[bool]) -> FusionWeights {
         if !det.is_finite() || det.abs() < 1e-300 {
             break;
         }
-        let step0 = (h11 * g0 - h01 * g1) / det;
-        let step1 = (h00 * g1 - h01 * g0) / det;
+        let step0 = ((h11 * g0 - h01 * g1) / det).clamp(-MAX_STEP, MAX_STEP);
+        let step1 = ((h00 * g1 - h01 * g0) / det).clamp(-MAX_STEP, MAX_STEP);
         bias -= step0;
         scale -= step1;
         if step0.abs().max(step1.abs()) < 1e-12 {

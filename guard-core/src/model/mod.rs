@@ -137,8 +137,9 @@ pub struct ModelHeader {
     pub window: u32,
     /// Bytes each window shares with the one before.
     pub overlap: u32,
-    /// A window with `n` feature occurrences has its evidence scaled by `n / (n + this)`: a few
-    /// words are little evidence either way, so short texts lean on the bias.
+    /// A window with `n` distinct features has its evidence scaled by `n / (n + this)`: a few
+    /// words are little evidence either way, so short texts lean on the bias; repeating them
+    /// adds none.
     pub evidence_features: u32,
     /// Logit of a text with no features.
     pub bias: f64,
@@ -160,14 +161,21 @@ impl ModelHeader {
         if !self.features.is_valid() {
             return bad("feature spec out of range");
         }
-        if !(256..=1 << 20).contains(&self.window) || self.overlap >= self.window / 2 {
-            return bad("window must be 256 bytes to 1 MiB, overlap under half of it");
+        // Windows advance by at least an eighth of their length, so a text of n bytes is
+        // scored at most about 8n bytes over.
+        if !(256..=1 << 20).contains(&self.window) || self.overlap > self.window / 8 * 7 {
+            return bad("window must be 256 bytes to 1 MiB, overlap at most 7/8 of it");
         }
         let finite = [self.bias, self.weight_scale, self.idf_min, self.idf_step]
             .iter()
             .all(|v| v.is_finite());
-        if !finite || self.weight_scale < 0.0 || self.idf_min < 0.0 || self.idf_step < 0.0 {
-            return bad("scales must be finite and not negative");
+        // Ranges a trained model keeps well inside; beyond them a forged header could turn
+        // every score into NaN or infinity, which would switch the model off unseen.
+        let in_range = (0.0..=1.0).contains(&self.weight_scale)
+            && (0.0..=64.0).contains(&self.idf_min)
+            && (0.0..=1.0).contains(&self.idf_step);
+        if !finite || !in_range {
+            return bad("scales out of range (weight_scale and idf_step 0 to 1, idf_min 0 to 64)");
         }
         if self.bias.abs() > MAX_LOGIT {
             return bad("bias out of range");
@@ -315,7 +323,8 @@ impl Model {
         &self.header
     }
 
-    /// SHA-256 of the model file, hex: which model decided.
+    /// The checksum recorded in the model file (the SHA-256 of everything before it), hex:
+    /// which model decided. It is not the SHA-256 of the whole file.
     pub fn digest_hex(&self) -> String {
         self.digest.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -387,19 +396,23 @@ impl Model {
             }
         }
         let raw = if norm > 0.0 {
-            let shrink = evidence_scale(counts.total(), self.header.evidence_features);
+            let shrink = evidence_scale(counts.len(), self.header.evidence_features);
             self.header.bias
                 + shrink * self.header.weight_scale * (dot as f64 + dot_log) / libm::sqrt(norm)
         } else {
             self.header.bias
         };
-        raw.clamp(-MAX_LOGIT, MAX_LOGIT)
+        if raw.is_finite() {
+            raw.clamp(-MAX_LOGIT, MAX_LOGIT)
+        } else {
+            self.header.bias
+        }
     }
 }
 
-/// `n / (n + k)`: how far a window's features are trusted, given how many there are.
-pub fn evidence_scale(occurrences: usize, k: u32) -> f64 {
-    let n = occurrences as f64;
+/// `n / (n + k)`: how far a window's features are trusted, given how many distinct ones there are.
+pub fn evidence_scale(distinct: usize, k: u32) -> f64 {
+    let n = distinct as f64;
     n / (n + f64::from(k))
 }
 

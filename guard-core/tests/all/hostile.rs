@@ -34,14 +34,17 @@ fn ten_megabytes_with_an_attack_at_the_end() {
         .find(|f| f.source == guard_core::FindingSource::Rule)
         .expect("a rule finding");
     assert!(text[rule.span.byte_start..rule.span.byte_end].starts_with("Ignore"));
-    // The model's strongest window is the one with the attack, not diluted by 10 MB of calm.
-    let model = out
+    // The model's strongest window is the one with the attack, not diluted by 10 MB of calm:
+    // it reads the whole text higher than the calm alone.
+    let calm = "All good here, nothing to see. ".repeat(4096);
+    let calm_alone = guard()
+        .assess(&AssessmentInput::from_text(calm, NOW))
         .assessment
-        .findings
-        .iter()
-        .find(|f| f.source == guard_core::FindingSource::Model)
-        .expect("a model finding");
-    assert_eq!(model.span.byte_end, text.len());
+        .explanation
+        .components
+        .model;
+    let with_tail = out.assessment.explanation.components.model;
+    assert!(with_tail > calm_alone, "{with_tail:?} vs {calm_alone:?}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod decoding;
 mod hostile;
 mod keywords;
 mod languages;
+mod model;
 mod obfuscation;
 mod properties;
 mod provenance;

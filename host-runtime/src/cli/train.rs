@@ -37,27 +37,34 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// The feature table has 2^bits buckets (10 to 22); each bucket costs two bytes.
-    #[arg(long, default_value_t = 18)]
+    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(10..=22))]
     bits: u8,
     /// L2 penalty per example.
     #[arg(long, default_value_t = 1e-5)]
     l2: f64,
     /// Optimizer iterations at most.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
     iterations: u32,
     /// Folds for the held-out scores the fusion is fitted on.
     #[arg(long, default_value_t = 5)]
     folds: u32,
-    /// Policy whose rules the fusion weighs against the model (default: the default policy).
+    /// Policy that the `--dev` reports run the guard with (default: the default policy). Training
+    /// itself reads only the text and labels.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// Share of attacks in the traffic the fused score is calibrated for.
     #[arg(long, default_value_t = 0.05)]
     prior: f64,
     /// A feature must occur in at least this many training texts.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     min_df: u32,
-    /// Feature occurrences at which a window's evidence counts half.
+    /// Bytes of text per scoring window; longer text is scored window by window.
+    #[arg(long, default_value_t = 1024)]
+    window: u32,
+    /// Bytes each window shares with the one before.
+    #[arg(long, default_value_t = 384)]
+    overlap: u32,
+    /// Distinct features at which a window's evidence counts half.
     #[arg(long, default_value_t = 300)]
     evidence_features: u32,
     /// Labeled JSON Lines to report on (nothing is fitted on them); may be given more than once.
@@ -90,13 +97,45 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         policy,
         evidence_features: args.evidence_features,
         prior: args.prior,
+        window: args.window,
+        overlap: args.overlap,
         min_df: args.min_df,
-        ..TrainOptions::default()
     };
+    // What could fail after a minute of training fails now instead.
+    let dev_sets = args
+        .dev
+        .iter()
+        .map(|dev| {
+            train::read_examples(&read_bytes(dev, "dev data")?)
+                .with_context(|| format!("in `{}`", dev.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out_dir = match args.out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !out_dir.is_dir() {
+        anyhow::bail!(
+            "cannot write `{}`: `{}` is not a folder",
+            args.out.display(),
+            out_dir.display()
+        );
+    }
     let started = std::time::Instant::now();
     let trained = train::train(&examples, &train::sha256_hex(&bytes), &options)?;
     let labels: Vec<bool> = examples.iter().map(|e| e.attack).collect();
     let file = trained.model.to_bytes()?;
+    let per_class = labels
+        .iter()
+        .filter(|a| **a)
+        .count()
+        .min(labels.len() - labels.iter().filter(|a| **a).count());
+    if per_class < 100 {
+        eprintln!(
+            "warning: {per_class} rows of the smaller class; a model from so little data is \
+             unreliable on text unlike it. Check it with --dev on prompts it did not see."
+        );
+    }
     std::fs::write(&args.out, &file)
         .with_context(|| format!("cannot write `{}`", args.out.display()))?;
     let header = trained.model.header();
@@ -118,11 +157,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         header.fusion.model,
         options.prior
     );
-    for (dev_index, dev) in args.dev.iter().enumerate() {
-        let dev_examples = train::read_examples(&read_bytes(dev, "dev data")?)
-            .with_context(|| format!("in `{}`", dev.display()))?;
+    for (dev_index, (dev, dev_examples)) in args.dev.iter().zip(&dev_sets).enumerate() {
         let dev_labels: Vec<bool> = dev_examples.iter().map(|e| e.attack).collect();
-        let answers = train::guard_scores(&dev_examples, &options.policy, &trained.model)?;
+        let answers = train::guard_scores(dev_examples, &options.policy, &trained.model)?;
         let fused: Vec<f64> = answers.iter().map(|(score, _)| *score).collect();
         let model: Vec<f64> = answers
             .iter()
@@ -149,7 +186,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             );
         }
         // At the default `high` threshold.
-        let stop = guard_core::policy::Thresholds::default().high;
+        let stop = options.policy.thresholds.high;
         let missed = fused
             .iter()
             .zip(&dev_labels)
@@ -166,7 +203,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         );
     }
     outln!(
-        "wrote {} ({} bytes, sha256 {})",
+        "wrote {} ({} bytes, checksum {})",
         args.out.display(),
         file.len(),
         trained.model.digest_hex()
