@@ -390,21 +390,7 @@ impl SegmentScan<'_> {
             Some(p) => p.clone(),
             None => folded.original_range(range),
         };
-        if let Some(model) = self.model {
-            let score = model.score(folded.text(), self.counts);
-            if self
-                .model_hit
-                .as_ref()
-                .is_none_or(|h| score.logit > h.logit)
-            {
-                self.model_hit = Some(ModelHit {
-                    logit: score.logit,
-                    only_quoted: false,
-                    range: locate(score.window),
-                    encodings: encodings.to_vec(),
-                });
-            }
-        }
+        self.model_read(folded.text(), locate, encodings);
         let scan = self.guard.rules.scan(folded.text());
         for m in &scan.matches {
             let quoted = is_quoted(folded.text(), &m.range);
