@@ -100,8 +100,6 @@ pub struct TrainOptions {
     pub prior: f64,
     /// A bucket must occur in at least this many training texts to be a feature.
     pub min_df: u32,
-    /// The policy that `--dev` reports run the guard with (training itself reads text only).
-    pub policy: Policy,
 }
 
 impl Default for TrainOptions {
@@ -118,7 +116,6 @@ impl Default for TrainOptions {
             evidence_features: 300,
             prior: 0.05,
             min_df: 2,
-            policy: Policy::default(),
         }
     }
 }
@@ -182,11 +179,15 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
     // Every text folded as the guard folds it, and counted.
     let mut counts = FeatureCounts::default();
     let mut shrink = Vec::with_capacity(examples.len());
-    let counted: Vec<Vec<(u32, u32)>> = examples
+    // Folded once: the features and the held-out scores read the same text.
+    let folded: Vec<String> = examples
         .iter()
-        .map(|e| {
-            let folded = guard_core::text::normalize(&e.text);
-            counts.count(folded.text(), &spec);
+        .map(|e| guard_core::text::normalize(&e.text).text().to_string())
+        .collect();
+    let counted: Vec<Vec<(u32, u32)>> = folded
+        .iter()
+        .map(|text| {
+            counts.count(text, &spec);
             shrink.push(evidence_scale(counts.len(), options.evidence_features));
             counts.iter().collect()
         })
@@ -249,11 +250,10 @@ pub fn train(examples: &[Example], data_sha256: &str, options: &TrainOptions) ->
             .collect();
         let fit = fit_logistic(&rows, &labels, &train_rows, buckets, options)?;
         let model = build(&fit, neutral)?;
-        for (i, example) in examples.iter().enumerate() {
+        for (i, text) in folded.iter().enumerate() {
             if fold_of.get(i) == Some(&fold) {
-                let folded = guard_core::text::normalize(&example.text);
                 if let Some(slot) = held_out_logits.get_mut(i) {
-                    *slot = model.score(folded.text(), &mut counts).logit;
+                    *slot = model.score(text, &mut counts).logit;
                 }
             }
         }

@@ -86,8 +86,6 @@ pub struct FeatureCounts {
     slots: Vec<u64>,
     /// Slots in the order their buckets were first seen.
     order: Vec<u32>,
-    /// Occurrences counted, repeats included.
-    total: usize,
 }
 
 impl FeatureCounts {
@@ -95,11 +93,6 @@ impl FeatureCounts {
     pub fn count(&mut self, text: &str, spec: &FeatureSpec) {
         self.clear();
         for_each_feature(text, spec, |bucket| self.add(bucket));
-    }
-
-    /// Occurrences counted, repeats included: how much evidence the text holds.
-    pub fn total(&self) -> usize {
-        self.total
     }
 
     /// Distinct buckets seen.
@@ -128,11 +121,9 @@ impl FeatureCounts {
             }
         }
         self.order.clear();
-        self.total = 0;
     }
 
     fn add(&mut self, bucket: u32) {
-        self.total += 1;
         // Half full at most, so probes stay short.
         if (self.order.len() + 1) * 2 > self.slots.len() {
             self.grow();

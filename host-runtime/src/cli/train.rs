@@ -94,7 +94,6 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         max_iterations: args.iterations,
         folds: args.folds,
         seed: args.seed,
-        policy,
         evidence_features: args.evidence_features,
         prior: args.prior,
         window: args.window,
@@ -159,7 +158,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     );
     for (dev_index, (dev, dev_examples)) in args.dev.iter().zip(&dev_sets).enumerate() {
         let dev_labels: Vec<bool> = dev_examples.iter().map(|e| e.attack).collect();
-        let answers = train::guard_scores(dev_examples, &options.policy, &trained.model)?;
+        let answers = train::guard_scores(dev_examples, &policy, &trained.model)?;
         let fused: Vec<f64> = answers.iter().map(|(score, _)| *score).collect();
         let model: Vec<f64> = answers
             .iter()
@@ -186,7 +185,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             );
         }
         // At the default `high` threshold.
-        let stop = options.policy.thresholds.high;
+        let stop = policy.thresholds.high;
         let missed = fused
             .iter()
             .zip(&dev_labels)

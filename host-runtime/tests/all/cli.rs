@@ -516,47 +516,34 @@ fn eval_refuses_a_peer_file_that_does_not_match_the_rows() {
     };
     let lines = std::fs::read_to_string(&peer).unwrap();
 
-    let missing = dir.path().join("missing.jsonl");
-    std::fs::write(
-        &missing,
-        lines.replace("{\"id\": 7, \"score\": 0.05, \"latency_us\": 50}\n", ""),
-    )
-    .unwrap();
-    let out = run(&missing);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("id `7` (line 6) has no score in the peer file"),
-        "{}",
-        text(&out.stderr)
-    );
-
-    let extra = dir.path().join("extra.jsonl");
-    std::fs::write(
-        &extra,
-        format!("{lines}{{\"id\": \"zz\", \"score\": 0.5, \"latency_us\": 1}}\n"),
-    )
-    .unwrap();
-    let out = run(&extra);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("line 6: id `zz` is not in the eval file"),
-        "{}",
-        text(&out.stderr)
-    );
-
-    let twice = dir.path().join("twice.jsonl");
-    std::fs::write(
-        &twice,
-        format!("{lines}{{\"id\": \"a1\", \"score\": 0.5, \"latency_us\": 1}}\n"),
-    )
-    .unwrap();
-    let out = run(&twice);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("id `a1` appears twice"),
-        "{}",
-        text(&out.stderr)
-    );
+    // A peer file that does not match the eval rows one to one is refused, naming the row.
+    for (name, body, expect) in [
+        (
+            "missing.jsonl",
+            lines.replace("{\"id\": 7, \"score\": 0.05, \"latency_us\": 50}\n", ""),
+            "id `7` (line 6) has no score in the peer file",
+        ),
+        (
+            "extra.jsonl",
+            format!("{lines}{{\"id\": \"zz\", \"score\": 0.5, \"latency_us\": 1}}\n"),
+            "line 6: id `zz` is not in the eval file",
+        ),
+        (
+            "twice.jsonl",
+            format!("{lines}{{\"id\": \"a1\", \"score\": 0.5, \"latency_us\": 1}}\n"),
+            "id `a1` appears twice",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let out = run(&path);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        assert!(
+            text(&out.stderr).contains(expect),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+    }
 
     let no_id = dir.path().join("no-id.jsonl");
     std::fs::write(&no_id, "{\"text\": \"x\", \"label\": \"benign\"}\n").unwrap();
