@@ -629,21 +629,24 @@ fn invisible_in_words(text: &str) -> Option<Range<usize>> {
             last = last.max(at + c.len_utf8());
             continue;
         }
-        if normalize::is_invisible(c)
-            && c != '\u{00AD}'
-            && !(0xE0000..=0xE007F).contains(&u32::from(c))
-        {
-            let next = chars.peek().copied();
-            let in_word = previous.is_some_and(|(_, p)| p.is_ascii_alphabetic())
-                && next.is_some_and(|(_, n)| n.is_ascii_alphabetic() || normalize::is_invisible(n));
-            if let (true, Some((before, _))) = (in_word, previous) {
-                count += 1;
-                first.get_or_insert(before);
-                let after = match next {
-                    Some((n_at, n)) if n.is_ascii_alphabetic() => n_at + n.len_utf8(),
-                    _ => at + c.len_utf8(),
-                };
-                last = last.max(after);
+        if normalize::is_invisible(c) {
+            // The whole run counts, and only when a letter stands on both sides of it, so the
+            // evidence alone reads the same as it does in place.
+            let mut hidden = usize::from(counts_as_hidden(c));
+            while let Some(&(_, n)) = chars.peek() {
+                if !normalize::is_invisible(n) || matches!(n, '\u{202D}' | '\u{202E}') {
+                    break;
+                }
+                hidden += usize::from(counts_as_hidden(n));
+                chars.next();
+            }
+            let after = chars.peek().copied();
+            if let (Some((before, p)), Some((n_at, n))) = (previous, after) {
+                if hidden > 0 && p.is_ascii_alphabetic() && n.is_ascii_alphabetic() {
+                    count += hidden;
+                    first.get_or_insert(before);
+                    last = last.max(n_at + n.len_utf8());
+                }
             }
             continue;
         }
@@ -651,6 +654,11 @@ fn invisible_in_words(text: &str) -> Option<Range<usize>> {
     }
     let start = first?;
     (overrides || count >= MIN_INVISIBLE_IN_WORDS).then_some(start..last)
+}
+
+/// Soft hyphens are ordinary and tag characters are read as a payload of their own.
+fn counts_as_hidden(c: char) -> bool {
+    c != '\u{00AD}' && !(0xE0000..=0xE007F).contains(&u32::from(c))
 }
 
 /// Whether a match is set off in quotes, as when a phrase is discussed rather than said.

@@ -248,3 +248,36 @@ fn policy_rules_are_compiled_when_the_policy_loads() {
     ));
     assert!(out.assessment.action.stops());
 }
+
+/// Invisible characters count where a letter stands on both sides of their run, and the finding's
+/// span, read alone, finds the same thing.
+#[test]
+fn invisible_runs_count_between_letters_only() {
+    let ids = |text: &str| -> Vec<String> {
+        guard()
+            .assess(&AssessmentInput::from_text(text, NOW))
+            .assessment
+            .findings
+            .into_iter()
+            .map(|f| f.id)
+            .collect()
+    };
+    let hidden = "obfuscation.invisible-characters".to_string();
+    // A run trailing off a word into punctuation or the end hides nothing inside a word.
+    assert!(!ids("instructions\u{200b}\u{200b}\u{200b}'a'").contains(&hidden));
+    assert!(!ids("s\u{200b}\u{200b}").contains(&hidden));
+    assert!(!ids("word\u{200b}\u{200b} next").contains(&hidden));
+    // Inside a word, a run of two counts; so do two single ones.
+    let text = "plain ig\u{200b}\u{200b}nore text";
+    assert!(ids(text).contains(&hidden));
+    let out = guard().assess(&AssessmentInput::from_text(text, NOW));
+    let span = &out
+        .assessment
+        .findings
+        .iter()
+        .find(|f| f.id == hidden)
+        .expect("found")
+        .span;
+    assert_eq!(&text[span.byte_start..span.byte_end], "g\u{200b}\u{200b}n");
+    assert!(ids("i\u{200b}gnore a\u{200c}ll").contains(&hidden));
+}
