@@ -47,7 +47,11 @@ fn wit_context(c: &guard_core::Context) -> Context {
 }
 
 fn node_answers(requests: &[String]) -> Vec<String> {
-    let script = workspace().join("tests/node/assess-lines.cjs");
+    node_lines("assess-lines.cjs", requests)
+}
+
+fn node_lines(script: &str, requests: &[String]) -> Vec<String> {
+    let script = workspace().join("tests/node").join(script);
     let pkg = workspace().join("guard-wasm/npm/pkg/node/sigil_guard.js");
     assert!(
         pkg.is_file(),
@@ -120,4 +124,41 @@ fn native_wasmtime_and_node_give_byte_identical_json() {
         "{stopped} of {} stopped",
         inputs.len()
     );
+}
+
+/// The keyring vectors through every face: the same report, or the same refusal, byte for byte.
+#[test]
+fn template_verification_is_byte_identical_across_faces() {
+    let text =
+        std::fs::read_to_string(workspace().join("tests/vectors/keyring/vectors.json")).unwrap();
+    let vectors: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let requests: Vec<String> = vectors["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["request"].to_string())
+        .collect();
+    let engine = GuardEngine::new("{}", EngineLimits::default()).unwrap();
+    let node = node_lines("verify-lines.cjs", &requests);
+    assert_eq!(node.len(), requests.len());
+    let mut refused = 0;
+    for (request, from_node) in requests.iter().zip(&node) {
+        let (native, wasm) = match (
+            guard_core::verify_request_json(request.as_bytes()),
+            engine.verify_json(request).unwrap(),
+        ) {
+            (Ok(native), Ok(wasm)) => (native, wasm),
+            (Err(native), Err(wasm)) => {
+                refused += 1;
+                let native = serde_json::json!({"error": {"code": native.code(), "message": native.to_string()}});
+                let wasm =
+                    serde_json::json!({"error": {"code": wasm.code, "message": wasm.message}});
+                (native.to_string(), wasm.to_string())
+            }
+            (native, wasm) => panic!("native {native:?} and wasmtime {wasm:?} disagree"),
+        };
+        assert_eq!(wasm, native, "wasmtime differs for {request:.160}");
+        assert_eq!(from_node, &native, "node differs for {request:.160}");
+    }
+    assert!(requests.len() >= 60 && refused >= 40 && requests.len() - refused >= 10);
 }

@@ -41,8 +41,8 @@ pub use contract::{
 };
 pub use policy::{Policy, PolicyError};
 pub use provenance::{
-    verify_template, Envelope, PinnedKey, Scheme, Statement, VerificationReport, VerifiedTemplate,
-    VerifyError,
+    verify, verify_request_json, verify_template, Envelope, HighWater, Keyring, PinnedKey, Scheme,
+    Statement, TemplateCheck, TemplatePolicy, VerificationReport, VerifiedTemplate, VerifyError,
 };
 
 use std::sync::Arc;

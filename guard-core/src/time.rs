@@ -28,6 +28,14 @@ impl Timestamp {
         Timestamp { seconds, nanos: 0 }
     }
 
+    /// This time plus `seconds`, saturating at the ends of the range.
+    pub fn saturating_add_seconds(self, seconds: i64) -> Self {
+        Timestamp {
+            seconds: self.seconds.saturating_add(seconds),
+            nanos: self.nanos,
+        }
+    }
+
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`.
     ///
     /// Only UTC is accepted: the formats of `DESIGN.md` are UTC, and a record with another offset

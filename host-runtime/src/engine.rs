@@ -332,6 +332,21 @@ impl GuardEngine {
         }))
     }
 
+    /// Verifies a template against a keyring, template policy and high-water mark, given as the
+    /// JSON request of `guard_core::verify_request_json`, inside the guard.
+    pub fn verify_json(
+        &self,
+        request: &str,
+    ) -> Result<Result<String, TemplateRefusal>, EngineError> {
+        let result = self.with_instance(request.len(), |i| {
+            i.guard.call_verify_json(&mut i.store, request)
+        })?;
+        Ok(result.map_err(|e| TemplateRefusal {
+            code: e.code,
+            message: e.message,
+        }))
+    }
+
     /// Number of rules the compiled policy runs.
     pub fn rule_count(&self) -> Result<u32, EngineError> {
         self.with_instance(0, |i| i.guard.call_rule_count(&mut i.store))?

@@ -6,7 +6,7 @@ const fs = require("node:fs");
 const path = require("node:path");
 
 const pkgDir = path.join(__dirname, "../../guard-wasm/npm/pkg");
-const { Guard, verifyTemplate } = require(pkgDir);
+const { Guard, verifyTemplate, verifyJson } = require(pkgDir);
 const NOW = "2026-12-03T12:00:00Z";
 
 test("an override attack is stopped and a plain question allowed", () => {
@@ -80,6 +80,27 @@ test("every template vector gives its expected result", () => {
     ran += 1;
   }
   assert.ok(ran >= 20, `only ${ran} vectors ran`);
+});
+
+test("every keyring vector gives its expected result", () => {
+  const file = path.join(__dirname, "../vectors/keyring/vectors.json");
+  const { vectors } = JSON.parse(fs.readFileSync(file, "utf8"));
+  let ran = 0;
+  for (const v of vectors) {
+    let got;
+    try {
+      const report = JSON.parse(verifyJson(JSON.stringify(v.request)));
+      assert.equal(report.verified, true);
+      assert.ok(report.approvals.length >= 1);
+      got = "ok";
+    } catch (e) {
+      got = e.code;
+    }
+    assert.equal(got, v.expect, v.name);
+    ran += 1;
+  }
+  assert.ok(ran >= 60, `only ${ran} vectors ran`);
+  assert.throws(() => verifyJson("{"), (e) => e.code === "invalid_request");
 });
 
 test("the web build loads from bytes and answers the same", async () => {

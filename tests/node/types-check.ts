@@ -1,5 +1,5 @@
 // Compiles against the package's declarations: the types say what the JSON holds.
-import { Guard, verifyTemplate } from "../../guard-wasm/npm/pkg/node/sigil_guard";
+import { Guard, verifyTemplate, verifyJson } from "../../guard-wasm/npm/pkg/node/sigil_guard";
 import type { AssessmentInput, AssessmentOutput, Level } from "../../guard-wasm/npm/pkg/node/sigil_guard";
 
 const guard: Guard = new Guard(undefined);
@@ -8,4 +8,5 @@ const out: AssessmentOutput = JSON.parse(guard.assess(input));
 const level: Level = out.assessment.level;
 const rules: number = guard.ruleCount;
 const report: string = verifyTemplate(new Uint8Array(), new Uint8Array(), new Uint8Array(), "rsassa-pss-sha256", undefined);
-export { level, rules, report };
+const verified: string = verifyJson("{}");
+export { level, rules, report, verified };

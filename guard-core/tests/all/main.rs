@@ -11,6 +11,7 @@
 mod cases;
 mod decoding;
 mod hostile;
+mod keyring;
 mod keywords;
 mod languages;
 mod model;

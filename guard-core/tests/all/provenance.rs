@@ -102,5 +102,10 @@ fn a_malformed_entry_does_not_veto_a_good_signature() {
     let other = pkcs1_key("other.pub.pem");
     let err =
         verify_template(envelope.to_string().as_bytes(), &template, &other, None).unwrap_err();
+    assert_eq!(err.code(), "unknown_key");
+    // Named as the pinned key's, it is a bad signature.
+    envelope["signatures"][1]["keyid"] = serde_json::json!(other.fingerprint());
+    let err =
+        verify_template(envelope.to_string().as_bytes(), &template, &other, None).unwrap_err();
     assert_eq!(err.code(), "bad_signature");
 }

@@ -97,6 +97,13 @@ impl bindings::Guest for Component {
         })
     }
 
+    fn verify_json(request: String) -> Result<String, VerifyError> {
+        guard_core::verify_request_json(request.as_bytes()).map_err(|e| VerifyError {
+            code: e.code().to_string(),
+            message: e.to_string(),
+        })
+    }
+
     fn rule_count() -> Result<u32, GuardError> {
         Ok(u32::try_from(guard()?.rule_count()).unwrap_or(u32::MAX))
     }

@@ -201,3 +201,14 @@ pub fn verify_template(
         guard_core::verify_template(envelope, template, &key, now.as_deref()).map_err(refuse)?;
     serde_json::to_string(&verified.report()).map_err(|e| error("internal", &e.to_string()))
 }
+
+/// Verifies a template against a keyring, the template's policy and its high-water mark, given as
+/// one JSON request `{envelope, template, keyring, template_policy?, template_id?, version?,
+/// high_water?, now, max_skew_seconds?}`.
+///
+/// Returns the verification report as JSON (with `approvals` and the new `high_water`); throws an
+/// `Error` with a `code` on refusal.
+#[wasm_bindgen(js_name = verifyJson)]
+pub fn verify_json(request: &str) -> Result<String, JsValue> {
+    guard_core::verify_request_json(request.as_bytes()).map_err(|e| error(e.code(), &e.to_string()))
+}

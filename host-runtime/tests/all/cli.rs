@@ -256,11 +256,11 @@ fn keys_sign_and_verify_with_clear_refusals() {
         text(&bad.stderr)
     );
 
-    // Another key.
+    // Another key: the envelope names its signer by fingerprint, which is not the pinned one.
     let bad = verify("t.txt", "keys/other.pub.pem", "t.env.json");
     assert_eq!(bad.status.code(), Some(1));
     assert!(
-        text(&bad.stderr).contains("bad_signature"),
+        text(&bad.stderr).contains("unknown_key"),
         "{}",
         text(&bad.stderr)
     );

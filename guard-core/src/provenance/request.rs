@@ -1,0 +1,79 @@
+//! One verification as JSON, so every face (the component, the npm package, the filter) takes
+//! and answers the same shape.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{
+    verify, HighWater, KeyRecord, Keyring, TemplateCheck, TemplatePolicy, VerifyError,
+    DEFAULT_MAX_SKEW_SECONDS, MAX_ENVELOPE_BYTES, MAX_TEMPLATE_BYTES,
+};
+use crate::time::Timestamp;
+
+/// Largest request accepted: a template of the largest size, escaped, and an envelope.
+const MAX_REQUEST_BYTES: usize = MAX_TEMPLATE_BYTES * 2 + MAX_ENVELOPE_BYTES * 2;
+
+/// `{envelope, template, keyring, template_policy?, template_id?, version?, high_water?, now,
+/// max_skew_seconds?}`. The envelope is the DSSE object itself (or its JSON text as a string).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    envelope: Box<RawValue>,
+    template: String,
+    keyring: KeyringField,
+    #[serde(default)]
+    template_policy: Option<TemplatePolicy>,
+    #[serde(default)]
+    template_id: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    high_water: Option<HighWater>,
+    now: String,
+    #[serde(default)]
+    max_skew_seconds: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringField {
+    keys: Vec<KeyRecord>,
+}
+
+/// Verifies the template a JSON request describes; returns the report as JSON.
+pub fn verify_request_json(request: &[u8]) -> Result<String, VerifyError> {
+    if request.len() > MAX_REQUEST_BYTES {
+        return Err(VerifyError::InvalidRequest(format!(
+            "{} bytes is over the {MAX_REQUEST_BYTES}-byte limit",
+            request.len()
+        )));
+    }
+    let request: VerifyRequest =
+        serde_json::from_slice(request).map_err(|e| VerifyError::InvalidRequest(e.to_string()))?;
+    let keyring = Keyring::from_records(&request.keyring.keys)?;
+    let policy = request.template_policy.unwrap_or_default();
+    let now =
+        Timestamp::parse(&request.now).map_err(|e| VerifyError::InvalidTime(e.to_string()))?;
+    // An envelope given as a string is its JSON text; as an object, the object's own bytes.
+    let raw = request.envelope.get();
+    let text;
+    let envelope = if raw.starts_with('"') {
+        text = serde_json::from_str::<String>(raw)
+            .map_err(|e| VerifyError::InvalidRequest(format!("envelope: {e}")))?;
+        text.as_bytes()
+    } else {
+        raw.as_bytes()
+    };
+    let check = TemplateCheck {
+        template_id: request.template_id.as_deref(),
+        version: request.version,
+        keyring: &keyring,
+        policy: &policy,
+        high_water: request.high_water.as_ref(),
+        now: Some(now),
+        max_skew_seconds: request.max_skew_seconds.unwrap_or(DEFAULT_MAX_SKEW_SECONDS),
+    };
+    let verified = verify(envelope, request.template.as_bytes(), &check)?;
+    serde_json::to_string(&verified.report())
+        .map_err(|e| VerifyError::InvalidRequest(format!("report: {e}")))
+}
