@@ -10,6 +10,7 @@
 )]
 
 use std::hint::black_box;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use guard_core::{AssessmentInput, Guard, PinnedKey, Policy, Scheme};
@@ -49,6 +50,11 @@ fn micros(d: Duration) -> String {
 }
 
 fn main() {
+    // `cargo bench --bench guard -- verify` runs the verification table alone.
+    if std::env::args().skip(1).any(|a| a == "verify") {
+        verification_table();
+        return;
+    }
     let samples = 31;
     let prompt = prompt_1kib();
     let benign: String =
@@ -247,6 +253,86 @@ fn main() {
         "\ncompiling the default policy (Guard::new), native: {}",
         micros(guard_new)
     );
+    verification_table();
     println!("wasmtime figures include the host call: copying the input in, fuel accounting, the JSON answer out; \
               natively the pinned key is parsed once, under wasmtime the PEM key is parsed on each call.");
 }
+
+/// Verifying a signed 4 KiB template, as the keyring vectors state it: natively with the keyring
+/// parsed once, natively and in wasmtime and Node from the JSON request (keyring parsed on each
+/// call, as the stateless entry point does).
+fn verification_table() {
+    let text =
+        std::fs::read_to_string(workspace().join("tests/vectors/keyring/vectors.json")).unwrap();
+    let vectors: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let engine = GuardEngine::new("{}", EngineLimits::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("sigil-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rows = Vec::new();
+    for (label, name) in [
+        ("RSA-2048 PKCS#1 v1.5", "2048-bit key, 4 KiB template"),
+        ("RSA-4096 PKCS#1 v1.5", "4096-bit key, 4 KiB template"),
+        ("RSA-3072 PSS (short template)", "PSS key of 3072 bits"),
+    ] {
+        let request = vectors["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no vector `{name}`"))["request"]
+            .clone();
+        let json = request.to_string();
+        let keyring =
+            guard_core::Keyring::from_json(request["keyring"].to_string().as_bytes()).unwrap();
+        let policy = guard_core::TemplatePolicy::default();
+        let mut check = guard_core::TemplateCheck::new(&keyring, &policy);
+        check.now = Some(guard_core::time::Timestamp::parse(NOW_VERIFY).unwrap());
+        let envelope = request["envelope"].to_string();
+        let template = request["template"].as_str().unwrap().to_string();
+        let parsed = median(31, || {
+            black_box(
+                guard_core::verify(envelope.as_bytes(), template.as_bytes(), &check).unwrap(),
+            );
+        });
+        let native = median(31, || {
+            black_box(guard_core::verify_request_json(black_box(json.as_bytes())).unwrap());
+        });
+        let wasm = median(31, || {
+            black_box(engine.verify_json(black_box(&json)).unwrap().unwrap());
+        });
+        let file = dir.join(format!("{}.json", rows.len()));
+        std::fs::write(&file, &json).unwrap();
+        rows.push((label, parsed, native, wasm, file));
+    }
+    let node = Command::new("node")
+        .arg(workspace().join("tests/node/bench-verify.cjs"))
+        .args(rows.iter().map(|r| &r.4))
+        .output()
+        .expect("node must be on PATH for the benchmark");
+    assert!(
+        node.status.success(),
+        "{}",
+        String::from_utf8_lossy(&node.stderr)
+    );
+    let node: Vec<f64> = String::from_utf8(node.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    println!("\n| verify a signed template | native, keyring parsed once | native, JSON request | wasmtime, JSON request | Node, JSON request | wasmtime / native |");
+    println!("|---|---|---|---|---|---|");
+    for ((label, parsed, native, wasm, _), node) in rows.iter().zip(node) {
+        println!(
+            "| {label} | {} | {} | {} | {node:.1} µs | {:.2}× |",
+            micros(*parsed),
+            micros(*native),
+            micros(*wasm),
+            wasm.as_secs_f64() / native.as_secs_f64()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+}
+
+/// The time the keyring vectors verify at.
+const NOW_VERIFY: &str = "2027-06-01T00:00:00Z";

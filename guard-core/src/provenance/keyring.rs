@@ -7,7 +7,6 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
 
 use super::{is_sha256_hex, PinnedKey, Scheme};
@@ -185,7 +184,7 @@ impl Keyring {
             };
             let signer = keys
                 .iter()
-                .find(|k| k.key.key.n() == key.key.n())
+                .find(|k| k.key.key == key.key)
                 .map_or(index, |k| k.signer);
             keys.push(TrustedKey {
                 key,

@@ -11,14 +11,12 @@
 mod dsse;
 mod keyring;
 mod request;
+mod rsa_verify;
 mod statement;
 mod template_policy;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use rsa::signature::Verifier;
-use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, RsaPublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -70,7 +68,7 @@ impl Scheme {
 /// A public key the verifier trusts, with the scheme it signs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedKey {
-    key: RsaPublicKey,
+    key: rsa_verify::RsaVerifier,
     scheme: Scheme,
     fingerprint: String,
 }
@@ -133,12 +131,12 @@ impl PinnedKey {
                 "RSA key has {size} bits; 2048 to 4096 are accepted"
             )));
         }
-        let e = BigUint::from_bytes_be(parts.public_exponent.as_bytes());
-        if e != BigUint::from(65_537u32) {
+        // DER integers are minimal, so 65537 has exactly these bytes.
+        if parts.public_exponent.as_bytes() != [0x01, 0x00, 0x01] {
             return Err(invalid("public exponent must be 65537".into()));
         }
-        let key =
-            RsaPublicKey::new(BigUint::from_bytes_be(n), e).map_err(|e| invalid(e.to_string()))?;
+        let key = rsa_verify::RsaVerifier::new(n)
+            .ok_or_else(|| invalid("the modulus is not an odd number".into()))?;
         // The fingerprint is over the SubjectPublicKeyInfo as given: DER is canonical.
         Ok(PinnedKey {
             key,
@@ -159,28 +157,14 @@ impl PinnedKey {
 
     /// Modulus size in bytes: the length of every signature by this key.
     pub fn signature_len(&self) -> usize {
-        self.key.size()
+        self.key.len()
     }
 
     /// Whether `signature` is this key's signature over `message`, in the key's scheme.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         match self.scheme {
-            Scheme::RsassaPkcs1v15Sha256 => {
-                let Ok(sig) = rsa::pkcs1v15::Signature::try_from(signature) else {
-                    return false;
-                };
-                rsa::pkcs1v15::VerifyingKey::<Sha256>::new(self.key.clone())
-                    .verify(message, &sig)
-                    .is_ok()
-            }
-            Scheme::RsassaPssSha256 => {
-                let Ok(sig) = rsa::pss::Signature::try_from(signature) else {
-                    return false;
-                };
-                rsa::pss::VerifyingKey::<Sha256>::new(self.key.clone())
-                    .verify(message, &sig)
-                    .is_ok()
-            }
+            Scheme::RsassaPkcs1v15Sha256 => self.key.verify_pkcs1v15_sha256(message, signature),
+            Scheme::RsassaPssSha256 => self.key.verify_pss_sha256(message, signature),
         }
     }
 }

@@ -166,6 +166,8 @@ def main():
     v1_digest = sha256_hex(TEMPLATE.encode())
     add("signed by one pinned key", envelope(v1, [a]), "ok")
     add("PSS key of 3072 bits", envelope(v1, [c]), "ok")
+    add("2048-bit key, 4 KiB template",
+        envelope(payload_of(statement(template=TEMPLATE_4K)), [a]), "ok", template=TEMPLATE_4K)
     add("4096-bit key, 4 KiB template",
         envelope(payload_of(statement(template=TEMPLATE_4K)), [d]), "ok", template=TEMPLATE_4K)
     add("one byte of the template changed", envelope(v1, [a]), "digest_mismatch",
