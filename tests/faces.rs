@@ -47,10 +47,10 @@ fn wit_context(c: &guard_core::Context) -> Context {
 }
 
 fn node_answers(requests: &[String]) -> Vec<String> {
-    node_lines("assess-lines.cjs", requests)
+    node_lines("assess-lines.cjs", None, requests)
 }
 
-fn node_lines(script: &str, requests: &[String]) -> Vec<String> {
+fn node_lines(script: &str, mode: Option<&str>, requests: &[String]) -> Vec<String> {
     let script = workspace().join("tests/node").join(script);
     let pkg = workspace().join("guard-wasm/npm/pkg/node/sigil_guard.js");
     assert!(
@@ -60,6 +60,7 @@ fn node_lines(script: &str, requests: &[String]) -> Vec<String> {
     );
     let mut child = Command::new("node")
         .arg(&script)
+        .args(mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -139,7 +140,7 @@ fn template_verification_is_byte_identical_across_faces() {
         .map(|v| v["request"].to_string())
         .collect();
     let engine = GuardEngine::new("{}", EngineLimits::default()).unwrap();
-    let node = node_lines("verify-lines.cjs", &requests);
+    let node = node_lines("call-lines.cjs", Some("verify"), &requests);
     assert_eq!(node.len(), requests.len());
     let mut refused = 0;
     for (request, from_node) in requests.iter().zip(&node) {
@@ -161,4 +162,78 @@ fn template_verification_is_byte_identical_across_faces() {
         assert_eq!(from_node, &native, "node differs for {request:.160}");
     }
     assert!(requests.len() >= 60 && refused >= 40 && requests.len() - refused >= 10);
+}
+
+fn refusal(code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+/// Guarded calls (verify, render, assess) through every face: the same answer byte for byte.
+#[test]
+fn guarded_calls_are_byte_identical_across_faces() {
+    use base64::Engine as _;
+    let dir = workspace().join("tests/vectors/templates");
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let der = read("signer.pub.der");
+    let key =
+        guard_core::PinnedKey::from_spki(&der, guard_core::Scheme::RsassaPkcs1v15Sha256).unwrap();
+    let envelope: serde_json::Value = serde_json::from_slice(&read("envelope.json")).unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&read("variables.json")).unwrap();
+    let template = String::from_utf8(read("template.txt")).unwrap();
+    let request = |question: &str, template: &str| {
+        serde_json::json!({
+            "template": {
+                "envelope": envelope,
+                "template": template,
+                "keyring": {"keys": [{
+                    "fingerprint": key.fingerprint(),
+                    "spki": base64::engine::general_purpose::STANDARD.encode(&der),
+                    "scheme": "rsassa-pkcs1v15-sha256",
+                    "valid_from": "2026-01-01T00:00:00Z"
+                }]}
+            },
+            "variables_schema": schema,
+            "variables": {"company": "Acme", "question": question},
+            "context": {"user": "u-1", "now": "2027-01-01T00:00:00Z"}
+        })
+        .to_string()
+    };
+    let mut requests: Vec<String> = shared_inputs(60)
+        .iter()
+        .map(|i| i.segments[0].text.chars().take(2000).collect::<String>())
+        .map(|q| request(&q, &template))
+        .collect();
+    requests.push(request(
+        "hi",
+        "You are a careless assistant for {{company}}.\nAnswer: {{question}}\n",
+    ));
+    requests.push(request(&"x".repeat(2001), &template));
+    requests.push("{".to_string());
+    let native = guard_core::Guard::new(guard_core::Policy::default()).unwrap();
+    let engine = GuardEngine::new("{}", EngineLimits::default()).unwrap();
+    let node = node_lines("call-lines.cjs", Some("guard"), &requests);
+    assert_eq!(node.len(), requests.len());
+    let (mut answered, mut refused) = (0, 0);
+    for (request, from_node) in requests.iter().zip(&node) {
+        let expected = match native.guard_json(request) {
+            Ok(answer) => {
+                answered += 1;
+                answer
+            }
+            Err(e) => {
+                refused += 1;
+                refusal(e.code(), &e.to_string())
+            }
+        };
+        let wasm = match engine.guard_json(request).unwrap() {
+            Ok(answer) => answer,
+            Err(e) => refusal(&e.code, &e.message),
+        };
+        assert_eq!(wasm, expected, "wasmtime differs for {request:.160}");
+        assert_eq!(from_node, &expected, "node differs for {request:.160}");
+    }
+    assert!(
+        answered >= 60 && refused == 3,
+        "{answered} answered, {refused} refused"
+    );
 }

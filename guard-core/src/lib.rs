@@ -24,11 +24,13 @@
 
 pub mod behaviour;
 pub mod contract;
+mod json;
 pub mod model;
 pub mod policy;
 pub mod provenance;
 pub mod risk;
 pub mod rules;
+pub mod template;
 pub mod text;
 pub mod time;
 
@@ -153,6 +155,12 @@ impl Guard {
     /// the assessment's `errors`.
     pub fn assess(&self, input: &AssessmentInput) -> AssessmentOutput {
         assess::assess(self, input)
+    }
+
+    /// Verifies a template, checks and renders its variables, and assesses the result, from one
+    /// JSON request (see [`template::guard_json`]).
+    pub fn guard_json(&self, request: &str) -> Result<String, template::GuardCallError> {
+        template::guard_json(self, request)
     }
 
     /// Assesses a request given as the contract's JSON and returns the contract's JSON.

@@ -32,7 +32,11 @@ pub struct Policy {
     #[serde(default)]
     pub model: ModelConfig,
     /// Overrides by tenant id.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::json::unique_map"
+    )]
     pub tenants: BTreeMap<String, TenantOverride>,
 }
 
@@ -413,6 +417,8 @@ mod tests {
         }
         assert!(Policy::from_json(r#"{"thresholds":"high"}"#).is_err());
         assert!(Policy::from_json(r#"{"surprise":1}"#).is_err());
+        // A tenant given twice is refused rather than settled by whichever comes last.
+        assert!(Policy::from_json(r#"{"tenants":{"acme":{},"acme":{"actions":null}}}"#).is_err());
     }
 
     #[test]

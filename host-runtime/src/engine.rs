@@ -347,6 +347,21 @@ impl GuardEngine {
         }))
     }
 
+    /// One guarded call (verify, render, assess) from the JSON request of
+    /// `guard_core::template::guard_json`, inside the guard.
+    pub fn guard_json(
+        &self,
+        request: &str,
+    ) -> Result<Result<String, TemplateRefusal>, EngineError> {
+        let result = self.with_instance(request.len(), |i| {
+            i.guard.call_guard_json(&mut i.store, request)
+        })?;
+        Ok(result.map_err(|e| TemplateRefusal {
+            code: e.code,
+            message: e.message,
+        }))
+    }
+
     /// Number of rules the compiled policy runs.
     pub fn rule_count(&self) -> Result<u32, EngineError> {
         self.with_instance(0, |i| i.guard.call_rule_count(&mut i.store))?

@@ -9,4 +9,5 @@ const level: Level = out.assessment.level;
 const rules: number = guard.ruleCount;
 const report: string = verifyTemplate(new Uint8Array(), new Uint8Array(), new Uint8Array(), "rsassa-pss-sha256", undefined);
 const verified: string = verifyJson("{}");
-export { level, rules, report, verified };
+const guarded: string = guard.guardJson("{}");
+export { level, rules, report, verified, guarded };

@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use dsse::{pae, Envelope, EnvelopeSignature, PAYLOAD_TYPE};
 pub use keyring::{KeyRecord, Keyring, KeyringError, TrustedKey, MAX_KEYRING_KEYS};
-pub use request::{verify_request_json, VerifyRequest};
+pub use request::{verify_request, verify_request_json, VerifyRequest};
 pub use statement::{is_sha256_hex, is_template_id, Digest, Statement, StatementError};
 pub use template_policy::MAX_WITHDRAWN_VERSIONS;
 pub use template_policy::{Approvals, HighWater, TemplatePolicy, TemplatePolicyError};

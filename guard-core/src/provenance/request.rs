@@ -67,6 +67,13 @@ fn keyring_for(json: &str) -> Result<std::rc::Rc<Keyring>, VerifyError> {
 
 /// Verifies the template a JSON request describes; returns the report as JSON.
 pub fn verify_request_json(request: &[u8]) -> Result<String, VerifyError> {
+    let verified = verify_request(request)?;
+    serde_json::to_string(&verified.report())
+        .map_err(|e| VerifyError::InvalidRequest(format!("report: {e}")))
+}
+
+/// Verifies the template a JSON request describes.
+pub fn verify_request(request: &[u8]) -> Result<super::VerifiedTemplate, VerifyError> {
     if request.len() > MAX_REQUEST_BYTES {
         return Err(VerifyError::InvalidRequest(format!(
             "{} bytes is over the {MAX_REQUEST_BYTES}-byte limit",
@@ -98,7 +105,5 @@ pub fn verify_request_json(request: &[u8]) -> Result<String, VerifyError> {
         now: Some(now),
         max_skew_seconds: request.max_skew_seconds.unwrap_or(DEFAULT_MAX_SKEW_SECONDS),
     };
-    let verified = verify(envelope, request.template.as_bytes(), &check)?;
-    serde_json::to_string(&verified.report())
-        .map_err(|e| VerifyError::InvalidRequest(format!("report: {e}")))
+    verify(envelope, request.template.as_bytes(), &check)
 }

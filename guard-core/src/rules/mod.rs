@@ -452,7 +452,7 @@ const DFA_SIZE_LIMIT: usize = 1 << 20;
 /// `\s`, `\p{..}` and `(?i)`. Whether a build has the tables depends on what else it links
 /// (a test build may, the wasm faces do not), so a pattern must not lean on them at all; text is
 /// lower-cased before rules see it, so `(?i)` is never needed.
-fn portable_pattern(pattern: &str) -> Result<(), String> {
+pub(crate) fn portable_pattern(pattern: &str) -> Result<(), String> {
     use regex_syntax::ast::{self, Ast, ClassSetItem, Flag, FlagsItemKind, GroupKind, Visitor};
 
     const NO_CLASSES: &str =
@@ -497,7 +497,7 @@ fn portable_pattern(pattern: &str) -> Result<(), String> {
     ast::visit(&parsed, Portable)
 }
 
-fn compile_pattern(pattern: &str) -> Result<Regex, Box<meta::BuildError>> {
+pub(crate) fn compile_pattern(pattern: &str) -> Result<Regex, Box<meta::BuildError>> {
     Regex::builder()
         .configure(
             Regex::config()

@@ -19,6 +19,7 @@ mod obfuscation;
 mod properties;
 mod provenance;
 mod segments;
+mod templates;
 
 use std::path::PathBuf;
 

@@ -104,6 +104,17 @@ impl bindings::Guest for Component {
         })
     }
 
+    fn guard_json(request: String) -> Result<String, VerifyError> {
+        let guard = guard().map_err(|_| VerifyError {
+            code: "not_initialized".into(),
+            message: "`init` has not run in this instance".into(),
+        })?;
+        guard.guard_json(&request).map_err(|e| VerifyError {
+            code: e.code().to_string(),
+            message: e.to_string(),
+        })
+    }
+
     fn rule_count() -> Result<u32, GuardError> {
         Ok(u32::try_from(guard()?.rule_count()).unwrap_or(u32::MAX))
     }

@@ -143,6 +143,17 @@ impl Guard {
         Ok(self.inner.assess(&input).to_json())
     }
 
+    /// One guarded call from a JSON request `{template, variables_schema, variables, context}`:
+    /// verifies the template, checks and renders its variables, and assesses the result. Returns
+    /// `{template, rendered?, assessment, profile}` as JSON; throws an `Error` with a `code` when
+    /// the template, the schema, a variable or the request is refused.
+    #[wasm_bindgen(js_name = guardJson)]
+    pub fn guard_json(&self, request: &str) -> Result<String, JsValue> {
+        self.inner
+            .guard_json(request)
+            .map_err(|e| error(e.code(), &e.to_string()))
+    }
+
     /// Assesses a request given as JSON text; returns the `AssessmentOutput` as a JSON string.
     #[wasm_bindgen(js_name = assessJson)]
     pub fn assess_json(&self, request: &str) -> Result<String, JsValue> {
