@@ -14,3 +14,4 @@ pub mod service;
 pub mod signer;
 pub mod template;
 pub mod train;
+pub mod validate;

@@ -16,6 +16,7 @@ mod scan;
 mod serve;
 mod template;
 mod train;
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

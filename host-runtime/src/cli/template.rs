@@ -17,6 +17,9 @@ pub enum TemplateCommand {
     Sign(SignArgs),
     /// Verify a template against its envelope and a pinned public key (inside the guard).
     Verify(VerifyArgs),
+    /// Run the validation pipeline on a candidate template: placeholders and schema, hidden
+    /// text, the guard's analysis, secrets and personal data, and the diff to the previous one.
+    Validate(super::validate::ValidateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +91,7 @@ pub fn run(command: TemplateCommand) -> Result<ExitCode> {
     match command {
         TemplateCommand::Sign(args) => sign(args),
         TemplateCommand::Verify(args) => verify(args),
+        TemplateCommand::Validate(args) => super::validate::run(args),
     }
 }
 

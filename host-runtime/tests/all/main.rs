@@ -11,6 +11,7 @@
 mod cli;
 mod engine;
 mod service;
+mod validate;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,743 @@
+//! The validation pipeline a template passes before it is signed: named stages, each with a
+//! typed result. Any failed stage refuses the template; the report is kept, and its digest goes
+//! into the signed statement (`validation_digest`).
+//!
+//! The guard's own analysis runs inside the wasm guard like every other decision; the other
+//! stages read the text and the schema directly.
+
+use std::sync::OnceLock;
+
+use guard_core::template::VariableSchema;
+use guard_core::{Action, AssessmentOutput, Category};
+use regex_lite::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Context, EngineError, GuardEngine, Role, Segment, Trust};
+
+/// Largest template the pipeline accepts by default, in bytes.
+pub const DEFAULT_MAX_TEMPLATE_BYTES: usize = 64 << 10;
+/// Largest variable schema accepted, in bytes.
+pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
+/// Most issues one stage lists; the count of the rest is reported.
+const MAX_ISSUES_PER_STAGE: usize = 50;
+
+/// The stages, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Valid UTF-8 and within the size limits.
+    Encoding,
+    /// `{{name}}` placeholders well-formed, exactly the schema's variables, a valid schema.
+    Placeholders,
+    /// No zero-width or bidi characters, tag characters, controls, encoded payloads or
+    /// exfiltration-shaped links.
+    HiddenText,
+    /// The guard's analysis of the template text under the template policy.
+    Analysis,
+    /// No API keys, private keys or tokens.
+    Secrets,
+    /// No e-mail addresses or phone numbers, unless allowed.
+    PersonalData,
+    /// What changed since the previous version.
+    Diff,
+}
+
+/// How a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Nothing found.
+    Passed,
+    /// Found something allowed by the options; reported, not refused.
+    Warned,
+    /// Refuses the template.
+    Failed,
+    /// Not run, because an earlier stage failed in a way that makes it meaningless.
+    Skipped,
+}
+
+/// One thing a stage found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issue {
+    /// A stable snake-case code.
+    pub code: String,
+    /// For people: what and where, and what to do.
+    pub message: String,
+    /// Byte range in the template, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<[usize; 2]>,
+}
+
+/// The result of one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageResult {
+    /// Which stage.
+    pub stage: Stage,
+    /// How it ended.
+    pub status: Status,
+    /// What it found, at most 50.
+    pub issues: Vec<Issue>,
+    /// Issues found beyond those listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The whole report. It holds no time, so the same candidate gives the same digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    /// The template's id.
+    pub template_id: String,
+    /// Hex SHA-256 of the template bytes.
+    pub digest: String,
+    /// Hex SHA-256 of the schema's canonical JSON, when the schema is valid.
+    pub variables_digest: Option<String>,
+    /// Every stage, in order.
+    pub stages: Vec<StageResult>,
+    /// Whether no stage failed.
+    pub passed: bool,
+}
+
+impl ValidationReport {
+    /// Hex SHA-256 of the report's JSON: what the statement's `validation_digest` holds.
+    pub fn digest(&self) -> String {
+        guard_core::provenance::sha256_hex(self.to_json().as_bytes())
+    }
+
+    /// The report as compact JSON, as digested.
+    pub fn to_json(&self) -> String {
+        // Every field is a string, number, bool or list of them: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The stages that failed.
+    pub fn failures(&self) -> impl Iterator<Item = &StageResult> {
+        self.stages.iter().filter(|s| s.status == Status::Failed)
+    }
+}
+
+/// What to validate.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// The template's id.
+    pub template_id: &'a str,
+    /// The exact bytes to be signed.
+    pub template: &'a [u8],
+    /// The variable schema, JSON.
+    pub schema: &'a [u8],
+    /// The previous version's text, for the diff.
+    pub previous: Option<&'a [u8]>,
+}
+
+/// What the pipeline allows.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidationOptions {
+    /// Largest template accepted, in bytes.
+    pub max_template_bytes: usize,
+    /// Report personal data as a warning instead of refusing it.
+    pub allow_personal_data: bool,
+    /// The time the guard is told (the analysis has no clock of its own).
+    pub now: guard_core::time::Timestamp,
+}
+
+/// Runs every stage. The engine is the guard compiled with the template policy.
+pub fn validate(
+    candidate: &Candidate<'_>,
+    options: &ValidationOptions,
+    engine: &GuardEngine,
+) -> Result<ValidationReport, EngineError> {
+    let digest = guard_core::provenance::sha256_hex(candidate.template);
+    let mut stages = Vec::new();
+    let encoding = encoding_stage(candidate, options);
+    let text = match (encoding.status, std::str::from_utf8(candidate.template)) {
+        (Status::Passed, Ok(text)) => Some(text),
+        _ => None,
+    };
+    stages.push(encoding);
+    let Some(text) = text else {
+        for stage in [
+            Stage::Placeholders,
+            Stage::HiddenText,
+            Stage::Analysis,
+            Stage::Secrets,
+            Stage::PersonalData,
+            Stage::Diff,
+        ] {
+            stages.push(result(stage, Status::Skipped, Vec::new()));
+        }
+        return Ok(report(candidate, digest, None, stages));
+    };
+    let (placeholders, variables_digest) = placeholder_stage(text, candidate.schema);
+    stages.push(placeholders);
+    let analysis = engine.assess(
+        &[Segment {
+            text: text.to_string(),
+            // Assessed as if it came from outside: a template's own text is trusted later, so
+            // it must earn that here.
+            trust: Trust::Untrusted,
+            role: Some(Role::System),
+            source: Some("template".into()),
+        }],
+        &Context {
+            tenant: None,
+            user: None,
+            now: options.now.to_string(),
+            profile: None,
+        },
+    )?;
+    let analysis: AssessmentOutput = serde_json::from_str(&analysis)
+        .map_err(|e| EngineError::Input(format!("the guard's answer is not an assessment: {e}")))?;
+    stages.push(hidden_text_stage(text, &analysis));
+    stages.push(analysis_stage(&analysis));
+    stages.push(pattern_stage(
+        Stage::Secrets,
+        text,
+        secret_patterns(),
+        false,
+    ));
+    stages.push(pattern_stage(
+        Stage::PersonalData,
+        text,
+        personal_data_patterns(),
+        options.allow_personal_data,
+    ));
+    stages.push(diff_stage(text, candidate.previous));
+    Ok(report(candidate, digest, variables_digest, stages))
+}
+
+fn report(
+    candidate: &Candidate<'_>,
+    digest: String,
+    variables_digest: Option<String>,
+    stages: Vec<StageResult>,
+) -> ValidationReport {
+    let passed = !stages.iter().any(|s| s.status == Status::Failed);
+    ValidationReport {
+        template_id: candidate.template_id.to_string(),
+        digest,
+        variables_digest,
+        stages,
+        passed,
+    }
+}
+
+fn result(stage: Stage, status: Status, mut issues: Vec<Issue>) -> StageResult {
+    let more = issues.len().saturating_sub(MAX_ISSUES_PER_STAGE);
+    issues.truncate(MAX_ISSUES_PER_STAGE);
+    StageResult {
+        stage,
+        status,
+        issues,
+        more,
+    }
+}
+
+fn issue(code: &str, message: String, span: Option<[usize; 2]>) -> Issue {
+    Issue {
+        code: code.to_string(),
+        message,
+        span,
+    }
+}
+
+fn failed_if_any(stage: Stage, issues: Vec<Issue>) -> StageResult {
+    let status = if issues.is_empty() {
+        Status::Passed
+    } else {
+        Status::Failed
+    };
+    result(stage, status, issues)
+}
+
+fn encoding_stage(candidate: &Candidate<'_>, options: &ValidationOptions) -> StageResult {
+    let mut issues = Vec::new();
+    if candidate.template.is_empty() {
+        issues.push(issue("empty", "the template is empty".into(), None));
+    }
+    if candidate.template.len() > options.max_template_bytes {
+        issues.push(issue(
+            "too_large",
+            format!(
+                "the template is {} bytes; the limit is {}",
+                candidate.template.len(),
+                options.max_template_bytes
+            ),
+            None,
+        ));
+    }
+    if candidate.schema.len() > MAX_SCHEMA_BYTES {
+        issues.push(issue(
+            "schema_too_large",
+            format!(
+                "the variable schema is {} bytes; the limit is {MAX_SCHEMA_BYTES}",
+                candidate.schema.len()
+            ),
+            None,
+        ));
+    }
+    if let Err(e) = std::str::from_utf8(candidate.template) {
+        let at = e.valid_up_to();
+        issues.push(issue(
+            "not_utf8",
+            format!("the template is not valid UTF-8 (invalid byte at offset {at})"),
+            Some([at, at + 1]),
+        ));
+    }
+    failed_if_any(Stage::Encoding, issues)
+}
+
+fn placeholder_stage(text: &str, schema: &[u8]) -> (StageResult, Option<String>) {
+    let schema = match VariableSchema::from_json(schema) {
+        Ok(schema) => schema,
+        Err(e) => {
+            return (
+                failed_if_any(
+                    Stage::Placeholders,
+                    vec![issue(e.code(), e.to_string(), None)],
+                ),
+                None,
+            )
+        }
+    };
+    let digest = Some(schema.digest().to_string());
+    let issues = match schema.check_template(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            let span = match &e {
+                guard_core::template::TemplateError::MalformedPlaceholder { at, .. } => {
+                    Some([*at, *at + 2])
+                }
+                _ => None,
+            };
+            vec![issue(e.code(), e.to_string(), span)]
+        }
+    };
+    (failed_if_any(Stage::Placeholders, issues), digest)
+}
+
+/// Emoji presentation selectors and the joiner inside emoji sequences are how emoji are
+/// written; everything else invisible has no business in a template.
+fn is_emoji_part(c: char, previous: Option<char>) -> bool {
+    matches!(c, '\u{FE0E}' | '\u{FE0F}' | '\u{200D}')
+        && previous.is_some_and(|p| u32::from(p) >= 0x2000 && !p.is_alphanumeric())
+}
+
+fn hidden_text_stage(text: &str, analysis: &AssessmentOutput) -> StageResult {
+    let mut issues = Vec::new();
+    let mut previous = None;
+    for (at, c) in text.char_indices() {
+        let span = Some([at, at + c.len_utf8()]);
+        let code = u32::from(c);
+        let found = if (0xE0000..=0xE007F).contains(&code) {
+            Some((
+                "tag_character",
+                "a Unicode tag character (invisible; can carry hidden text)",
+            ))
+        } else if matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+        {
+            Some((
+                "bidi_control",
+                "a bidirectional control (can make text read differently on screen)",
+            ))
+        } else if guard_core::text::normalize::is_invisible(c) && !is_emoji_part(c, previous) {
+            Some(("invisible_character", "an invisible character"))
+        } else if c.is_control() && !matches!(c, '\n' | '\t' | '\r') {
+            Some(("control_character", "a control character"))
+        } else {
+            None
+        };
+        if let Some((code_name, what)) = found {
+            issues.push(issue(
+                code_name,
+                format!("U+{code:04X} at byte {at} is {what}; remove it"),
+                span,
+            ));
+        }
+        previous = Some(c);
+    }
+    // What the guard decoded, and links that would carry data out.
+    for finding in &analysis.assessment.findings {
+        let span = Some([finding.span.byte_start, finding.span.byte_end]);
+        if !finding.encodings.is_empty() {
+            let encodings = serde_json::to_string(&finding.encodings).unwrap_or_default();
+            issues.push(issue(
+                "encoded_payload",
+                format!(
+                    "an encoded payload ({encodings}) the guard decoded: `{}`",
+                    finding.excerpt
+                ),
+                span,
+            ));
+        } else if finding.category == Category::Exfiltration {
+            issues.push(issue(
+                "exfiltration_link",
+                format!(
+                    "exfiltration-shaped content (`{}`): {}",
+                    finding.id, finding.excerpt
+                ),
+                span,
+            ));
+        }
+    }
+    static LINKS: OnceLock<Option<Regex>> = OnceLock::new();
+    static IMAGES: OnceLock<Option<Regex>> = OnceLock::new();
+    for m in matches_of(&LINKS, LINK_WITH_PLACEHOLDER, text) {
+        issues.push(issue(
+            "exfiltration_link",
+            format!(
+                "a link or image whose address is built from a variable: `{}`",
+                excerpt(m.as_str())
+            ),
+            Some([m.start(), m.end()]),
+        ));
+    }
+    for m in matches_of(&IMAGES, REMOTE_IMAGE, text) {
+        issues.push(issue(
+            "remote_image",
+            format!(
+                "a markdown image from a remote address, fetched when shown: `{}`",
+                excerpt(m.as_str())
+            ),
+            Some([m.start(), m.end()]),
+        ));
+    }
+    issues.sort_by_key(|i| i.span.map_or(0, |s| s[0]));
+    issues.dedup_by(|a, b| a.code == b.code && a.span == b.span);
+    failed_if_any(Stage::HiddenText, issues)
+}
+
+fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().take(120).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn analysis_stage(analysis: &AssessmentOutput) -> StageResult {
+    let assessment = &analysis.assessment;
+    let issues: Vec<Issue> = assessment
+        .findings
+        .iter()
+        .map(|f| {
+            issue(
+                &f.id,
+                format!("{}: `{}`", f.category.as_str(), f.excerpt),
+                Some([f.span.byte_start, f.span.byte_end]),
+            )
+        })
+        .collect();
+    let status = match assessment.action {
+        Action::Allow => Status::Passed,
+        Action::Warn => Status::Warned,
+        _ => Status::Failed,
+    };
+    let mut stage = result(Stage::Analysis, status, issues);
+    if status != Status::Passed {
+        stage.issues.insert(
+            0,
+            issue(
+                "assessed",
+                format!(
+                    "the guard rates the template `{}` and would `{}` it: {}",
+                    assessment.level.as_str(),
+                    assessment.action.as_str(),
+                    assessment.explanation.summary
+                ),
+                None,
+            ),
+        );
+    }
+    stage
+}
+
+struct Pattern {
+    code: &'static str,
+    what: &'static str,
+    regex: Regex,
+}
+
+fn compile(list: &[(&'static str, &'static str, &str)]) -> Vec<Pattern> {
+    list.iter()
+        .filter_map(|(code, what, pattern)| {
+            // The patterns are constants; the tests compile every one.
+            Regex::new(pattern)
+                .ok()
+                .map(|regex| Pattern { code, what, regex })
+        })
+        .collect()
+}
+
+/// Credentials by the shapes their issuers give them.
+const SECRET_PATTERNS: [(&str, &str, &str); 10] = [
+    (
+        "private_key",
+        "a private key",
+        r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----",
+    ),
+    (
+        "aws_access_key",
+        "an AWS access key id",
+        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    ),
+    (
+        "github_token",
+        "a GitHub token",
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b",
+    ),
+    (
+        "slack_token",
+        "a Slack token",
+        r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",
+    ),
+    (
+        "openai_key",
+        "an OpenAI-style API key",
+        r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}\b",
+    ),
+    (
+        "anthropic_key",
+        "an Anthropic API key",
+        r"\bsk-ant-[A-Za-z0-9_-]{20,}\b",
+    ),
+    (
+        "google_api_key",
+        "a Google API key",
+        r"\bAIza[0-9A-Za-z_-]{35}\b",
+    ),
+    (
+        "stripe_key",
+        "a Stripe secret key",
+        r"\b[sr]k_live_[0-9A-Za-z]{20,}\b",
+    ),
+    (
+        "jwt",
+        "a JSON Web Token",
+        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    ),
+    (
+        "password_assignment",
+        "a password written into the text",
+        r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token)\s*[:=]\s*[^\s{}]{6,}",
+    ),
+];
+
+/// Personal data: e-mail addresses and phone numbers.
+const PERSONAL_DATA_PATTERNS: [(&str, &str, &str); 3] = [
+    (
+        "email_address",
+        "an e-mail address",
+        r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b",
+    ),
+    (
+        "phone_number",
+        "a phone number",
+        r"\+[1-9][0-9]{0,2}[ .-]?(?:\(?[0-9]{1,4}\)?[ .-]?){2,4}[0-9]{2,4}\b",
+    ),
+    (
+        "phone_number",
+        "a phone number",
+        r"\(?\b[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b",
+    ),
+];
+
+fn secret_patterns() -> &'static [Pattern] {
+    static PATTERNS: OnceLock<Vec<Pattern>> = OnceLock::new();
+    PATTERNS.get_or_init(|| compile(&SECRET_PATTERNS))
+}
+
+fn personal_data_patterns() -> &'static [Pattern] {
+    static PATTERNS: OnceLock<Vec<Pattern>> = OnceLock::new();
+    PATTERNS.get_or_init(|| compile(&PERSONAL_DATA_PATTERNS))
+}
+
+/// An address (markdown link or image target, or a bare URL) with a `{{placeholder}}` in it.
+const LINK_WITH_PLACEHOLDER: &str = r"(?:\]\(|\b(?:https?|ftp)://)[^\s)]*\{\{[^}]*\}\}[^\s)]*";
+/// A markdown image from a remote address.
+const REMOTE_IMAGE: &str = r"!\[[^\]]*\]\(\s*(?:https?:)?//[^)]*\)";
+
+/// Matches of a constant pattern; the tests compile every one, so none is skipped in a release.
+fn matches_of<'t>(
+    cell: &'static OnceLock<Option<Regex>>,
+    pattern: &str,
+    text: &'t str,
+) -> Vec<regex_lite::Match<'t>> {
+    cell.get_or_init(|| Regex::new(pattern).ok())
+        .as_ref()
+        .map(|re| re.find_iter(text).collect())
+        .unwrap_or_default()
+}
+
+fn pattern_stage(stage: Stage, text: &str, patterns: &[Pattern], allowed: bool) -> StageResult {
+    let mut issues = Vec::new();
+    for p in patterns {
+        for m in p.regex.find_iter(text) {
+            // Placeholders are not data.
+            if m.as_str().contains("{{") {
+                continue;
+            }
+            issues.push(issue(
+                p.code,
+                format!(
+                    "{} at byte {}: `{}`; {}",
+                    p.what,
+                    m.start(),
+                    redact(m.as_str()),
+                    if allowed {
+                        "allowed by the options"
+                    } else {
+                        "move it into a variable or out of the template"
+                    }
+                ),
+                Some([m.start(), m.end()]),
+            ));
+        }
+    }
+    // One finding per stretch of text: a match inside another (a local number inside an
+    // international one) says nothing new.
+    issues.sort_by_key(|i| i.span.map_or((0, 0), |s| (s[0], usize::MAX - s[1])));
+    let mut covered = 0;
+    issues.retain(|i| {
+        let [start, end] = i.span.unwrap_or_default();
+        let new = end > covered && start >= covered;
+        covered = covered.max(end);
+        new
+    });
+    let status = match (issues.is_empty(), allowed) {
+        (true, _) => Status::Passed,
+        (false, true) => Status::Warned,
+        (false, false) => Status::Failed,
+    };
+    result(stage, status, issues)
+}
+
+/// Enough of a secret to find it, not enough to use it: the report is kept and shown.
+fn redact(s: &str) -> String {
+    let shown: String = s.chars().take(6).collect();
+    format!("{shown}… ({} characters)", s.chars().count())
+}
+
+fn diff_stage(text: &str, previous: Option<&[u8]>) -> StageResult {
+    let Some(previous) = previous else {
+        return result(Stage::Diff, Status::Passed, Vec::new());
+    };
+    let previous = String::from_utf8_lossy(previous);
+    let old: Vec<&str> = previous.lines().collect();
+    let new: Vec<&str> = text.lines().collect();
+    let changes = line_diff(&old, &new);
+    if changes.is_empty() {
+        return result(
+            Stage::Diff,
+            Status::Warned,
+            vec![issue(
+                "unchanged",
+                "the text is the same as the previous version's".into(),
+                None,
+            )],
+        );
+    }
+    result(Stage::Diff, Status::Passed, changes)
+}
+
+/// Lines removed and added, by a longest common subsequence over lines. Templates are small
+/// (64 KiB by default); past 4,000 lines on either side the diff lists every line as changed
+/// rather than spend quadratic time.
+fn line_diff(old: &[&str], new: &[&str]) -> Vec<Issue> {
+    const MAX_LINES: usize = 4000;
+    let changed = |code: &str, line: &str, number: usize| {
+        issue(
+            code,
+            format!("line {}: {}", number + 1, excerpt(line)),
+            None,
+        )
+    };
+    if old.len() > MAX_LINES || new.len() > MAX_LINES {
+        return old
+            .iter()
+            .enumerate()
+            .map(|(i, l)| changed("line_removed", l, i))
+            .chain(
+                new.iter()
+                    .enumerate()
+                    .map(|(i, l)| changed("line_added", l, i)),
+            )
+            .collect();
+    }
+    let (n, m) = (old.len(), new.len());
+    // lcs[i][j]: the longest common subsequence of old[i..] and new[j..].
+    let mut lcs = vec![0u32; (n + 1) * (m + 1)];
+    let at = |i: usize, j: usize| i * (m + 1) + j;
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            let value = if old.get(i) == new.get(j) {
+                lcs.get(at(i + 1, j + 1)).copied().unwrap_or(0) + 1
+            } else {
+                let down = lcs.get(at(i + 1, j)).copied().unwrap_or(0);
+                let right = lcs.get(at(i, j + 1)).copied().unwrap_or(0);
+                down.max(right)
+            };
+            if let Some(cell) = lcs.get_mut(at(i, j)) {
+                *cell = value;
+            }
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < n || j < m {
+        let get = |a: usize, b: usize| lcs.get(at(a, b)).copied().unwrap_or(0);
+        if i < n && j < m && old.get(i) == new.get(j) {
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || get(i, j + 1) >= get(i + 1, j)) {
+            out.push(changed(
+                "line_added",
+                new.get(j).copied().unwrap_or_default(),
+                j,
+            ));
+            j += 1;
+        } else {
+            out.push(changed(
+                "line_removed",
+                old.get(i).copied().unwrap_or_default(),
+                i,
+            ));
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_constant_pattern_compiles() {
+        assert_eq!(secret_patterns().len(), SECRET_PATTERNS.len());
+        assert_eq!(personal_data_patterns().len(), PERSONAL_DATA_PATTERNS.len());
+        assert!(Regex::new(LINK_WITH_PLACEHOLDER).is_ok());
+        assert!(Regex::new(REMOTE_IMAGE).is_ok());
+    }
+
+    #[test]
+    fn line_diff_lists_what_changed() {
+        let codes = |old: &[&str], new: &[&str]| -> Vec<String> {
+            line_diff(old, new)
+                .into_iter()
+                .map(|i| format!("{} {}", i.code, i.message))
+                .collect()
+        };
+        assert_eq!(
+            codes(&["a", "b", "c"], &["a", "x", "c", "d"]),
+            [
+                "line_added line 2: x",
+                "line_removed line 2: b",
+                "line_added line 4: d"
+            ]
+        );
+        assert!(codes(&["a"], &["a"]).is_empty());
+    }
+}
