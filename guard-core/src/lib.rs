@@ -31,6 +31,7 @@ pub mod risk;
 pub mod rules;
 pub mod text;
 pub mod time;
+pub mod transparency;
 
 mod assess;
 

@@ -143,6 +143,11 @@ impl PinnedKey {
         self.key.size()
     }
 
+    /// Whether `signature` is this key's signature over `message`, under its scheme.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.verifies(message, signature)
+    }
+
     fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         match self.scheme {
             Scheme::RsassaPkcs1v15Sha256 => {

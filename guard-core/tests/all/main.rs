@@ -18,6 +18,7 @@ mod obfuscation;
 mod properties;
 mod provenance;
 mod segments;
+mod transparency;
 
 use std::path::PathBuf;
 
