@@ -6,6 +6,7 @@
 //! measures the guard: [`metrics`] (pure functions over scored rows) and [`plot`] serve
 //! `sigil eval`.
 
+pub mod audit;
 pub mod cli;
 pub mod engine;
 pub mod metrics;
