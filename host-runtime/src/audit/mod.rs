@@ -237,6 +237,15 @@ pub enum Problem {
     },
 }
 
+/// Most problems a report lists; past that they are counted in [`VerifyReport::omitted`].
+pub const MAX_PROBLEMS: usize = 1000;
+
+/// Checkpoints kept besides every [`KEEP_EVERY`]th: the most recent ones.
+pub const KEEP_RECENT: u64 = 16;
+/// Tree sizes whose checkpoints are kept for good (multiples of this), so old trees can still
+/// be proved against.
+pub const KEEP_EVERY: u64 = 1024;
+
 /// What [`AuditLog::verify`] found.
 ///
 /// Without an external checkpoint it proves every entry up to the latest signed checkpoint is
@@ -260,8 +269,10 @@ pub struct VerifyReport {
     pub unsigned_tail: u64,
     /// The external checkpoint's size, when one was given.
     pub external_checkpoint: Option<u64>,
-    /// Every sign of tampering; empty when the log is intact.
+    /// Signs of tampering, the first [`MAX_PROBLEMS`]; empty when the log is intact.
     pub problems: Vec<Problem>,
+    /// Problems found past [`MAX_PROBLEMS`].
+    pub omitted: u64,
 }
 
 impl VerifyReport {
@@ -330,6 +341,22 @@ impl AuditLog {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let appended = store::append(&tx, entry)?;
+        tx.commit()?;
+        Ok(appended)
+    }
+
+    /// Appends entries in one durable transaction (a bulk import): all or none.
+    pub fn append_batch(
+        &mut self,
+        entries: impl IntoIterator<Item = NewEntry>,
+    ) -> Result<Vec<Appended>, AuditError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let appended = entries
+            .into_iter()
+            .map(|entry| store::append(&tx, entry))
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit()?;
         Ok(appended)
     }
@@ -591,6 +618,8 @@ impl AuditLog {
             }
         }
         problems.dedup();
+        let omitted = problems.len().saturating_sub(MAX_PROBLEMS) as u64;
+        problems.truncate(MAX_PROBLEMS);
         let latest_checkpoint = latest.map(|c| c.size);
         Ok(VerifyReport {
             entries,
@@ -600,6 +629,7 @@ impl AuditLog {
             unsigned_tail: entries.saturating_sub(latest_checkpoint.unwrap_or(0)),
             external_checkpoint: external.map(|c| c.size),
             problems,
+            omitted,
         })
     }
 }
@@ -637,6 +667,9 @@ fn checkpoint_in(
         .map_err(|e| SignError::Key(e.to_string()))?;
     verify_checkpoint(note.as_bytes(), &NoteVerifier::new(origin, key)?)?;
     store::insert_checkpoint(tx, size, &note)?;
+    // The latest checkpoint covers every older tree (consistency), so older ones are kept only
+    // sparsely: storage stays a fraction of the entries', and verify checks few signatures.
+    store::prune_checkpoints(tx, size.saturating_sub(KEEP_RECENT), KEEP_EVERY)?;
     Ok(SignedCheckpoint { checkpoint, note })
 }
 

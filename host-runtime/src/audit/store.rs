@@ -240,6 +240,20 @@ pub(super) fn insert_checkpoint(
     Ok(())
 }
 
+/// Deletes checkpoints of trees smaller than `below`, except those whose size is a multiple of
+/// `every`.
+pub(super) fn prune_checkpoints(
+    tx: &rusqlite::Transaction<'_>,
+    below: u64,
+    every: u64,
+) -> Result<(), AuditError> {
+    tx.prepare_cached(
+        "DELETE FROM audit_checkpoints WHERE tree_size < ?1 AND tree_size % ?2 <> 0",
+    )?
+    .execute(params![to_i64(below)?, to_i64(every.max(1))?])?;
+    Ok(())
+}
+
 pub(super) fn entry_bytes(conn: &Connection, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
     Ok(conn
         .prepare_cached("SELECT entry FROM audit_entries WHERE seq = ?1")?

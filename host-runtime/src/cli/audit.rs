@@ -231,6 +231,9 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
         for problem in &report.problems {
             outln!("TAMPERED     {problem}");
         }
+        if report.omitted > 0 {
+            outln!("TAMPERED     and {} more problems", report.omitted);
+        }
         outln!(
             "{}",
             if report.intact() {
@@ -257,6 +260,7 @@ fn report_json(report: &VerifyReport) -> serde_json::Value {
         "unsigned_tail": report.unsigned_tail,
         "external_checkpoint": report.external_checkpoint,
         "problems": report.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "omitted": report.omitted,
     })
 }
 

@@ -200,6 +200,27 @@ fn appends_and_proofs_round_trip_through_the_guard_core_verifier() {
 }
 
 #[test]
+fn old_checkpoints_are_kept_sparsely_and_batches_are_atomic() {
+    let f = Fixture::with_entries(40);
+    let sizes: Vec<u64> = (0..=40)
+        .filter(|&s| f.log().checkpoint_at(s).unwrap().is_some())
+        .collect();
+    assert_eq!(sizes, (24..=40).collect::<Vec<_>>());
+    let mut log = f.log();
+    let appended = log.append_batch((40..50).map(entry)).unwrap();
+    assert_eq!(appended.last().unwrap().seq, 49);
+    // One invalid entry and none of the batch is kept.
+    let mut bad = entry(50);
+    bad.actor = "alice@example.com".into();
+    assert!(log.append_batch([entry(50), bad]).is_err());
+    assert_eq!(log.size().unwrap(), 50);
+    log.sign_checkpoint(&f.signer).unwrap();
+    let report = log.verify(&f.verifier(), None).unwrap();
+    assert!(report.intact(), "{:?}", report.problems);
+    assert_eq!(report.latest_checkpoint, Some(50));
+}
+
+#[test]
 fn an_offline_bundle_from_the_log_verifies_in_guard_core() {
     let f = Fixture::with_entries(6);
     let envelope_bytes =
