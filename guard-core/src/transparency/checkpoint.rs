@@ -160,12 +160,26 @@ pub fn verify_checkpoint(
     note: &[u8],
     verifier: &NoteVerifier,
 ) -> Result<Checkpoint, CheckpointError> {
+    verify_checkpoint_any(note, std::slice::from_ref(verifier))
+}
+
+/// As [`verify_checkpoint`], with any of several log keys (the current one and those it
+/// replaced): one whose name is the origin must have signed, and none of them may have signed
+/// badly.
+pub fn verify_checkpoint_any(
+    note: &[u8],
+    verifiers: &[NoteVerifier],
+) -> Result<Checkpoint, CheckpointError> {
     let note = Note::parse(note)?;
-    note.verify(std::slice::from_ref(verifier))?;
+    let signed_by = note.verify(verifiers)?;
     let checkpoint = Checkpoint::parse(note.text().as_bytes())?;
-    if checkpoint.origin != verifier.name() {
+    if !signed_by.contains(&checkpoint.origin) {
         return Err(CheckpointError::OriginMismatch {
-            expected: verifier.name().to_string(),
+            expected: signed_by
+                .join(", ")
+                .chars()
+                .take(MAX_ORIGIN_BYTES)
+                .collect(),
             found: checkpoint.origin.chars().take(MAX_ORIGIN_BYTES).collect(),
         });
     }

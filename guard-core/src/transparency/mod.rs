@@ -37,7 +37,8 @@ pub use bundle::{
     MAX_BUNDLE_BYTES,
 };
 pub use checkpoint::{
-    parse_hash, verify_checkpoint, Checkpoint, CheckpointError, MAX_ORIGIN_BYTES,
+    parse_hash, verify_checkpoint, verify_checkpoint_any, Checkpoint, CheckpointError,
+    MAX_ORIGIN_BYTES,
 };
 pub use entry::{
     envelope_digest, is_actor, AuditEntry, EntryError, EntryKind, ENVELOPE_DIGEST, MAX_DIGESTS,

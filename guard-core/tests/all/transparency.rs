@@ -519,6 +519,22 @@ fn signed_checkpoints_verify_only_under_their_key() {
         refused("checkpoint-origin-mismatch.note", &log_key()),
         CheckpointError::OriginMismatch { .. }
     ));
+    // Any of several log keys (a rotation): each note verifies under the set, a bad line by
+    // any of them still refuses the note.
+    let both = [pss_key(), log_key()];
+    let any = |file: &str| guard_core::transparency::verify_checkpoint_any(&read(file), &both);
+    any("checkpoint-ok.note").unwrap();
+    any("checkpoint-pss.note").unwrap();
+    assert_eq!(
+        any("checkpoint-bad-then-good.note").unwrap_err(),
+        bad_signature
+    );
+    assert!(any("checkpoint-origin-mismatch.note").is_err());
+    assert_eq!(
+        guard_core::transparency::verify_checkpoint_any(&read("checkpoint-ok.note"), &[])
+            .unwrap_err(),
+        unknown
+    );
     // The same key under another name has another key ID.
     let renamed = NoteVerifier::new("other.test/log", log_key().key().clone()).unwrap();
     assert_ne!(renamed.key_id(), log_key().key_id());

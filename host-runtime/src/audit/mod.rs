@@ -21,9 +21,10 @@ use std::path::Path;
 
 use guard_core::provenance::{Envelope, Statement};
 use guard_core::transparency::{
-    self as tlog, encode_proof, envelope_digest, rsa_key_id, verify_checkpoint, verify_consistency,
-    AuditEntry, BundleLog, Checkpoint, CheckpointError, EntryError, EntryKind, Frontier, Hash,
-    Note, NoteError, NoteSignature, NoteVerifier, OfflineBundle, ENVELOPE_DIGEST,
+    self as tlog, encode_proof, envelope_digest, rsa_key_id, verify_checkpoint,
+    verify_checkpoint_any, verify_consistency, AuditEntry, BundleLog, Checkpoint, CheckpointError,
+    EntryError, EntryKind, Frontier, Hash, Note, NoteError, NoteSignature, NoteVerifier,
+    OfflineBundle, ENVELOPE_DIGEST,
 };
 use guard_core::PinnedKey;
 use rusqlite::Connection;
@@ -169,7 +170,7 @@ pub struct SignedCheckpoint {
 #[non_exhaustive]
 pub enum Problem {
     /// Sequence numbers skip: rows were deleted.
-    #[error("entries {expected} to {} are missing", found - 1)]
+    #[error("entries {expected} to {} are missing", found.saturating_sub(1))]
     Gap {
         /// The next sequence number expected.
         expected: u64,
@@ -496,15 +497,25 @@ impl AuditLog {
         key: &NoteVerifier,
         external: Option<&[u8]>,
     ) -> Result<VerifyReport, AuditError> {
+        self.verify_with_keys(std::slice::from_ref(key), external)
+    }
+
+    /// As [`AuditLog::verify`], accepting checkpoints by any of `keys` (the current log key and
+    /// those it replaced, so checkpoints kept from before a rotation still verify).
+    pub fn verify_with_keys(
+        &self,
+        keys: &[NoteVerifier],
+        external: Option<&[u8]>,
+    ) -> Result<VerifyReport, AuditError> {
         let external = external
-            .map(|note| verify_checkpoint(note, key))
+            .map(|note| verify_checkpoint_any(note, keys))
             .transpose()?;
         let mut problems = Vec::new();
 
         // Stored checkpoints first, so their roots can be checked while entries stream by.
         let mut checkpoints: BTreeMap<u64, Checkpoint> = BTreeMap::new();
         for (size, note) in store::all_checkpoints(&self.conn)? {
-            match verify_checkpoint(note.as_bytes(), key) {
+            match verify_checkpoint_any(note.as_bytes(), keys) {
                 Ok(cp) if cp.size == size => {
                     checkpoints.insert(size, cp);
                 }

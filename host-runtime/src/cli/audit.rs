@@ -74,9 +74,10 @@ pub struct VerifyArgs {
     /// off together with their checkpoints are found too.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
-    /// The log's public key, SPKI PEM or DER. Without it, `<data-dir>/keys/signing-key.pub.pem`.
+    /// The log's public key, SPKI PEM or DER; repeat it for keys the current one replaced.
+    /// Without it, `<data-dir>/keys/signing-key.pub.pem`.
     #[arg(long, value_name = "PUBLIC.pem")]
-    key: Option<PathBuf>,
+    key: Vec<PathBuf>,
     /// The key's scheme.
     #[arg(long, value_enum, default_value_t = SchemeArg::RsassaPkcs1v15Sha256)]
     scheme: SchemeArg,
@@ -189,23 +190,27 @@ fn read_limited(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>> {
 
 fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let log = args.at.open_existing()?;
-    let key_path = args
-        .key
-        .clone()
-        .unwrap_or_else(|| args.at.data_dir.join("keys/signing-key.pub.pem"));
+    let key_paths = if args.key.is_empty() {
+        vec![args.at.data_dir.join("keys/signing-key.pub.pem")]
+    } else {
+        args.key.clone()
+    };
     let scheme = match args.scheme {
         SchemeArg::RsassaPkcs1v15Sha256 => Scheme::RsassaPkcs1v15Sha256,
         SchemeArg::RsassaPssSha256 => Scheme::RsassaPssSha256,
     };
-    let key = PinnedKey::from_spki(&read_bytes(&key_path, "public key")?, scheme)
-        .with_context(|| format!("`{}`", key_path.display()))?;
-    let verifier = log.verifier(key)?;
+    let mut verifiers = Vec::new();
+    for path in &key_paths {
+        let key = PinnedKey::from_spki(&read_bytes(path, "public key")?, scheme)
+            .with_context(|| format!("`{}`", path.display()))?;
+        verifiers.push(log.verifier(key)?);
+    }
     let external = match &args.checkpoint {
         Some(path) => Some(read_limited(path, "checkpoint", MAX_CHECKPOINT_FILE)?),
         None => None,
     };
     let report = log
-        .verify(&verifier, external.as_deref())
+        .verify_with_keys(&verifiers, external.as_deref())
         .context("cannot verify the log")?;
     if args.json {
         outln!("{}", report_json(&report));

@@ -533,6 +533,41 @@ fn a_checkpoint_signed_by_another_key_is_refused() {
     });
 }
 
+#[test]
+fn checkpoints_from_before_a_key_rotation_verify_with_the_old_key_given_too() {
+    let f = Fixture::with_entries(4);
+    let kept = f.note_at(4);
+    let old_public = f.data.join("keys/old.pub.pem");
+    std::fs::copy(f.data.join("keys/signing-key.pub.pem"), &old_public).unwrap();
+    let (new_signer, _) =
+        LocalSigner::generate_files(&f.data.join("keys"), "signing-key", 2048, true).unwrap();
+    let mut log = f.log();
+    log.append_and_checkpoint(entry(4), &new_signer).unwrap();
+    drop(log);
+    let kept_path = f.data.join("kept.note");
+    std::fs::write(&kept_path, &kept).unwrap();
+    let kept_arg = kept_path.to_str().unwrap();
+    // The new key alone refuses the old checkpoints; with the old key named too, all verify.
+    let out = f.cli_verify(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let new_public = f.data.join("keys/signing-key.pub.pem");
+    let out = f.cli_verify(&[
+        "--key",
+        new_public.to_str().unwrap(),
+        "--key",
+        old_public.to_str().unwrap(),
+        "--checkpoint",
+        kept_arg,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
 /// The child of `a_crash_loses_no_acknowledged_entry`: appends until killed, printing each
 /// acknowledged sequence number. Does nothing unless run by that test.
 #[test]
