@@ -831,3 +831,79 @@ fn entries_hold_only_digests_roles_and_pseudonyms() {
     assert!(guard_core::transparency::AuditEntry::from_leaf_bytes(b"\xff\xfe").is_err());
     assert!(guard_core::transparency::AuditEntry::from_leaf_bytes(b"{\"seq\":1}").is_err());
 }
+
+mod properties {
+    use guard_core::transparency::{
+        AuditEntry, Checkpoint, MemoryTree, Note, OfflineBundle, ProofError,
+    };
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, rng_seed: proptest::test_runner::RngSeed::Fixed(0x5161_1a0d), ..ProptestConfig::default() })]
+
+        #[test]
+        fn checkpoints_round_trip(
+            origin in "[a-z0-9./-]{1,40}",
+            size in any::<u64>(),
+            root in any::<[u8; 32]>(),
+            extensions in proptest::collection::vec("[ -~]{1,20}", 0..3),
+        ) {
+            let cp = Checkpoint { origin, size, root, extensions };
+            let text = cp.to_text().unwrap();
+            prop_assert_eq!(Checkpoint::parse(text.as_bytes()).unwrap(), cp);
+        }
+
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Note::parse(&bytes);
+            let _ = Checkpoint::parse(&bytes);
+            let _ = AuditEntry::from_leaf_bytes(&bytes);
+            let _ = OfflineBundle::from_json(&bytes);
+            let _ = verify_checkpoint(&bytes, &log_key());
+        }
+
+        #[test]
+        fn random_proofs_never_verify_and_never_panic(
+            index in any::<u64>(),
+            size in any::<u64>(),
+            len in 0usize..70,
+            seed in any::<u8>(),
+        ) {
+            let proof: Vec<Hash> = (0..len).map(|i| leaf_hash(&[seed, i as u8])).collect();
+            let root = leaf_hash(b"root");
+            let leaf = leaf_hash(b"leaf");
+            prop_assert!(verify_inclusion(index, size, &leaf, &proof, &root).is_err());
+            let (a, b) = (index.min(size), index.max(size));
+            let consistent = verify_consistency(a, b, &proof, &root, &leaf);
+            prop_assert!(consistent.is_err() || (a == 0 && proof.is_empty() && root == empty_root()));
+            if len > 64 {
+                prop_assert!(
+                    matches!(
+                        verify_inclusion(index, size, &leaf, &proof, &root),
+                        Err(ProofError::TooLong { .. }) | Err(ProofError::IndexOutOfRange { .. })
+                    ),
+                    "a proof of {len} hashes was not refused by its length"
+                );
+            }
+        }
+
+        #[test]
+        fn proofs_from_a_tree_of_any_size_verify(
+            size in 1u64..3000,
+            pick in any::<u64>(),
+            first_pick in any::<u64>(),
+        ) {
+            let tree = MemoryTree::from_leaves((0..size).map(|i| leaf_hash(&i.to_le_bytes())));
+            let index = pick % size;
+            let proof = inclusion_proof(&tree, index, size).unwrap();
+            verify_inclusion(index, size, &leaf_hash(&index.to_le_bytes()), &proof, &tree.root())
+                .unwrap();
+            let first = first_pick % (size + 1);
+            let old = guard_core::transparency::root(&tree, first).unwrap();
+            let proof = consistency_proof(&tree, first, size).unwrap();
+            verify_consistency(first, size, &proof, &old, &tree.root()).unwrap();
+        }
+    }
+}
