@@ -416,6 +416,12 @@ impl AuditLog {
         Ok(AuditEntry::from_leaf_bytes(&self.entry_bytes(seq)?)?)
     }
 
+    /// Up to `limit` entries from sequence number `from` on, in order, as stored bytes (a page
+    /// for listing; rows deleted by tampering are simply absent).
+    pub fn entries(&self, from: u64, limit: u64) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        store::entries_page(&self.conn, from, limit)
+    }
+
     /// Calls `f` with each entry's sequence number and stored bytes, in order.
     pub fn for_each_entry(
         &self,

@@ -272,6 +272,26 @@ fn value_bytes(value: ValueRef<'_>) -> Vec<u8> {
     }
 }
 
+/// Up to `limit` entries from `from` on, in order: sequence number and stored bytes.
+pub(super) fn entries_page(
+    conn: &Connection,
+    from: u64,
+    limit: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, entry FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![to_i64(from)?, to_i64(limit)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let seq = u64::try_from(seq)
+            .map_err(|_| AuditError::Range(format!("negative sequence number {seq}")))?;
+        out.push((seq, value_bytes(row.get_ref(1)?)));
+    }
+    Ok(out)
+}
+
 pub(super) fn for_each_entry(
     conn: &Connection,
     mut f: impl FnMut(u64, &[u8]) -> Result<(), AuditError>,

@@ -93,6 +93,12 @@ pub struct ShowArgs {
     /// Print each entry's stored JSON, one a line.
     #[arg(long)]
     json: bool,
+    /// The first entry to print.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    from: u64,
+    /// How many entries to print at most.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -270,35 +276,25 @@ fn report_json(report: &VerifyReport) -> serde_json::Value {
 }
 
 fn show(args: ShowArgs) -> Result<ExitCode> {
+    const PAGE: u64 = 1000;
     let log = args.at.open_existing()?;
-    let mut lines = Vec::new();
-    log.for_each_entry(|seq, bytes| {
-        lines.push(if args.json {
-            String::from_utf8_lossy(bytes).into_owned()
-        } else {
-            match AuditEntry::from_leaf_bytes(bytes) {
-                Ok(e) => {
-                    let digests: Vec<String> = e
-                        .digests
-                        .iter()
-                        .map(|(name, d)| format!("{name}={}", d.get(..16).unwrap_or(d)))
-                        .collect();
-                    format!(
-                        "{seq:>6}  {}  {:<18}  {:<20}  {}  {}",
-                        e.time,
-                        e.kind.as_str(),
-                        e.actor,
-                        e.subject.as_deref().unwrap_or("-"),
-                        digests.join(" ")
-                    )
-                }
-                Err(err) => format!("{seq:>6}  INVALID: {err}"),
+    let mut next = args.from;
+    let mut left = args.limit.unwrap_or(u64::MAX);
+    // Page by page, so a long log is never held in memory.
+    while left > 0 {
+        let page = log.entries(next, left.min(PAGE))?;
+        let Some(&(last, _)) = page.last() else {
+            break;
+        };
+        for (seq, bytes) in &page {
+            if args.json {
+                outln!("{}", String::from_utf8_lossy(bytes));
+            } else {
+                outln!("{}", describe(*seq, bytes));
             }
-        });
-        Ok(())
-    })?;
-    for line in &lines {
-        outln!("{line}");
+        }
+        left = left.saturating_sub(page.len() as u64);
+        next = last + 1;
     }
     if !args.json {
         outln!("origin  {}", log.origin());
@@ -312,6 +308,28 @@ fn show(args: ShowArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One entry as a line of `show`.
+fn describe(seq: u64, bytes: &[u8]) -> String {
+    match AuditEntry::from_leaf_bytes(bytes) {
+        Ok(e) => {
+            let digests: Vec<String> = e
+                .digests
+                .iter()
+                .map(|(name, d)| format!("{name}={}", d.get(..16).unwrap_or(d)))
+                .collect();
+            format!(
+                "{seq:>6}  {}  {:<18}  {:<38}  {}  {}",
+                e.time,
+                e.kind.as_str(),
+                e.actor,
+                e.subject.as_deref().unwrap_or("-"),
+                digests.join(" ")
+            )
+        }
+        Err(err) => format!("{seq:>6}  INVALID: {err}"),
+    }
 }
 
 fn proof(args: ProofArgs) -> Result<ExitCode> {

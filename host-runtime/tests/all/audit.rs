@@ -296,6 +296,26 @@ fn an_intact_log_verifies_and_the_cli_says_so() {
             .count(),
         12
     );
+    let page = sigil(&[
+        "audit",
+        "show",
+        "--data-dir",
+        dir,
+        "--json",
+        "--from",
+        "4",
+        "--limit",
+        "3",
+    ]);
+    let seqs: Vec<u64> = text(&page.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [4, 5, 6]);
     let proof = sigil(&["audit", "proof", "--data-dir", dir, "--index", "3"]);
     let proof: serde_json::Value = serde_json::from_slice(&proof.stdout).unwrap();
     assert_eq!(proof["tree_size"], 12);
