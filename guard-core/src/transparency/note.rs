@@ -60,6 +60,9 @@ pub enum NoteError {
     /// A key name is empty or has a space or a `+`.
     #[error("key name `{0}` is empty or has a space or `+`")]
     InvalidKeyName(String),
+    /// The pinned key cannot name itself (its fingerprint is not SHA-256 hex).
+    #[error("pinned key is unusable: {0}")]
+    InvalidKey(&'static str),
     /// No signature is by a key the verifier knows.
     #[error("no signature is by a known key")]
     UnknownSigners,
@@ -300,9 +303,9 @@ impl NoteVerifier {
         if !is_key_name(name) {
             return Err(NoteError::InvalidKeyName(name.chars().take(100).collect()));
         }
-        let fingerprint = decode_hex32(key.fingerprint()).ok_or_else(|| {
-            NoteError::InvalidKeyName("the key's fingerprint is not 32 bytes of hex".into())
-        })?;
+        let fingerprint = decode_hex32(key.fingerprint()).ok_or(NoteError::InvalidKey(
+            "its fingerprint is not 32 bytes of hex",
+        ))?;
         Ok(NoteVerifier {
             name: name.to_string(),
             key_id: key_id_from_fingerprint(name, key.scheme(), &fingerprint),
