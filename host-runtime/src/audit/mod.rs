@@ -535,10 +535,12 @@ impl AuditLog {
                 }),
             }
         }
-        let mut wanted: BTreeMap<u64, Hash> = BTreeMap::new();
-        for cp in checkpoints.values().chain(external.iter()) {
-            wanted.insert(cp.size, cp.root);
-        }
+        // The prefix sizes whose roots are compared with a signed one.
+        let wanted: std::collections::BTreeSet<u64> = checkpoints
+            .values()
+            .chain(external.iter())
+            .map(|cp| cp.size)
+            .collect();
 
         let mut frontier = Frontier::new();
         let mut roots: BTreeMap<u64, Hash> = BTreeMap::new();
@@ -569,7 +571,7 @@ impl AuditLog {
                 stored_leaf_mismatch.push(seq);
             }
             frontier.push(leaf);
-            if wanted.contains_key(&frontier.size()) {
+            if wanted.contains(&frontier.size()) {
                 roots.insert(frontier.size(), frontier.root());
             }
             Ok(())
