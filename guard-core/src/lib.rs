@@ -33,6 +33,7 @@ pub mod rules;
 pub mod template;
 pub mod text;
 pub mod time;
+pub mod transparency;
 
 mod assess;
 

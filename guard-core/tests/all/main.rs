@@ -20,6 +20,7 @@ mod properties;
 mod provenance;
 mod segments;
 mod templates;
+mod transparency;
 
 use std::path::PathBuf;
 

@@ -9,6 +9,7 @@ macro_rules! outln {
     }};
 }
 
+mod audit;
 mod demo;
 mod eval;
 mod keys;
@@ -53,6 +54,9 @@ enum Command {
     Template(template::TemplateCommand),
     /// Serve the HTTP API (`POST /v1/scan`, `GET /healthz`).
     Serve(serve::ServeArgs),
+    /// Record, prove and verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Run the main job on the bundled samples: sign a template, verify it, guard prompts.
     Demo(demo::DemoArgs),
 }
@@ -215,6 +219,7 @@ pub fn main() -> ExitCode {
         Command::Template(command) => template::run(command),
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Audit(command) => audit::run(command),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+mod audit;
 mod cli;
 mod engine;
 mod service;

@@ -1,0 +1,321 @@
+//! The SQL behind the audit log. Plain tables, integer keys and byte columns, so the same schema
+//! moves to PostgreSQL (`BLOB` becomes `BYTEA`) when one machine is not enough.
+
+use std::path::Path;
+
+use guard_core::transparency::{leaf_hash, node_hash, Hash, NodeReader};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{to_i64, Appended, AuditError, NewEntry};
+use guard_core::transparency::AuditEntry;
+
+const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit_meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_entries (
+    seq       BIGINT PRIMARY KEY,
+    entry     BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_nodes (
+    level INTEGER NOT NULL,
+    idx   BIGINT NOT NULL,
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    tree_size BIGINT PRIMARY KEY,
+    note      TEXT NOT NULL
+);
+";
+
+/// Opens the database with the durability the log promises.
+pub(super) fn open(path: &Path, create: bool) -> Result<Connection, AuditError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // WAL: a commit is one append to the log file; FULL: it is fsynced before commit returns.
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(AuditError::NotAnAuditLog(format!(
+            "cannot use write-ahead logging (journal mode `{mode}`)"
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    Ok(conn)
+}
+
+/// Creates the tables if needed and returns the log's origin.
+pub(super) fn init(
+    conn: &Connection,
+    origin: &str,
+    must_match: bool,
+) -> Result<String, AuditError> {
+    conn.execute_batch(SCHEMA)?;
+    let tx = conn.unchecked_transaction()?;
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT value FROM audit_meta WHERE name = 'origin'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let origin = match stored {
+        Some(stored) if must_match && stored != origin => {
+            return Err(AuditError::NotAnAuditLog(format!(
+                "the log's origin is `{stored}`, not `{origin}`"
+            )))
+        }
+        Some(stored) => stored,
+        None => {
+            // The origin is also the checkpoint key's name.
+            if !guard_core::transparency::note::is_key_name(origin)
+                || origin.len() > guard_core::transparency::MAX_ORIGIN_BYTES
+            {
+                return Err(AuditError::NotAnAuditLog(format!(
+                    "origin `{origin}` must be 1 to 256 bytes with no spaces or `+`"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO audit_meta (name, value) VALUES ('origin', ?1), ('schema', ?2)",
+                params![origin, SCHEMA_VERSION],
+            )?;
+            origin.to_string()
+        }
+    };
+    tx.commit()?;
+    Ok(origin)
+}
+
+/// The origin of an existing log.
+pub(super) fn origin(conn: &Connection) -> Result<String, AuditError> {
+    let schema: Option<String> = conn
+        .query_row(
+            "SELECT value FROM audit_meta WHERE name = 'schema'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(_, Some(m)) if m.contains("no such table") => {
+                AuditError::NotAnAuditLog("it has no audit tables".into())
+            }
+            other => AuditError::Store(other),
+        })?;
+    if schema.as_deref() != Some(SCHEMA_VERSION) {
+        return Err(AuditError::NotAnAuditLog(format!(
+            "schema version {schema:?}; this build reads {SCHEMA_VERSION}"
+        )));
+    }
+    conn.query_row(
+        "SELECT value FROM audit_meta WHERE name = 'origin'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| AuditError::NotAnAuditLog("it has no origin".into()))
+}
+
+pub(super) fn next_seq(conn: &Connection) -> Result<u64, AuditError> {
+    let next: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries",
+        [],
+        |r| r.get(0),
+    )?;
+    u64::try_from(next).map_err(|_| AuditError::Range("negative sequence number".into()))
+}
+
+fn to_hash(bytes: &[u8]) -> Option<Hash> {
+    Hash::try_from(bytes).ok()
+}
+
+/// Reads stored subtree hashes for proofs.
+pub(super) struct Nodes<'c>(pub &'c Connection);
+
+impl NodeReader for Nodes<'_> {
+    type Error = AuditError;
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, AuditError> {
+        let missing = AuditError::Node { level, index };
+        let bytes: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT hash FROM audit_nodes WHERE level = ?1 AND idx = ?2")?
+            .query_row(params![level, to_i64(index)?], |r| r.get(0))
+            .optional()?;
+        bytes.as_deref().and_then(to_hash).ok_or(missing)
+    }
+}
+
+/// Inserts the entry, its leaf and every subtree it completes. The caller commits.
+pub(super) fn append(
+    tx: &rusqlite::Transaction<'_>,
+    new: NewEntry,
+) -> Result<Appended, AuditError> {
+    let seq = next_seq(tx)?;
+    let entry = AuditEntry {
+        seq,
+        time: new.time,
+        kind: new.kind,
+        actor: new.actor,
+        subject: new.subject,
+        digests: new.digests,
+    };
+    let bytes = entry.to_leaf_bytes()?;
+    let leaf = leaf_hash(&bytes);
+    tx.prepare_cached("INSERT INTO audit_entries (seq, entry, leaf_hash) VALUES (?1, ?2, ?3)")?
+        .execute(params![to_i64(seq)?, bytes, leaf.as_slice()])?;
+    let mut insert =
+        tx.prepare_cached("INSERT INTO audit_nodes (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+    let (mut level, mut index, mut hash) = (0u32, seq, leaf);
+    insert.execute(params![level, to_i64(index)?, hash.as_slice()])?;
+    // A right child completes its parent; climb while that is so.
+    while index % 2 == 1 {
+        let left = Nodes(tx).node(level, index - 1)?;
+        hash = node_hash(&left, &hash);
+        level += 1;
+        index /= 2;
+        insert.execute(params![level, to_i64(index)?, hash.as_slice()])?;
+    }
+    Ok(Appended {
+        seq,
+        leaf_hash: leaf,
+        tree_size: seq + 1,
+    })
+}
+
+pub(super) fn checkpoint_at(conn: &Connection, size: u64) -> Result<Option<String>, AuditError> {
+    Ok(conn
+        .prepare_cached("SELECT note FROM audit_checkpoints WHERE tree_size = ?1")?
+        .query_row(params![to_i64(size)?], |r| r.get(0))
+        .optional()?)
+}
+
+pub(super) fn latest_checkpoint(conn: &Connection) -> Result<Option<(u64, String)>, AuditError> {
+    let row: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.and_then(|(size, note)| u64::try_from(size).ok().map(|s| (s, note))))
+}
+
+/// Every stored checkpoint; a note that is not text is kept as its lossy text so it fails
+/// verification rather than the read.
+pub(super) fn all_checkpoints(conn: &Connection) -> Result<Vec<(u64, String)>, AuditError> {
+    let mut stmt =
+        conn.prepare("SELECT tree_size, note FROM audit_checkpoints ORDER BY tree_size")?;
+    let rows = stmt.query_map([], |r| {
+        let size: i64 = r.get(0)?;
+        let note = match r.get_ref(1)? {
+            ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+            _ => String::new(),
+        };
+        Ok((size, note))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (size, note) = row?;
+        out.push((u64::try_from(size).unwrap_or(u64::MAX), note));
+    }
+    Ok(out)
+}
+
+pub(super) fn insert_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    size: u64,
+    note: &str,
+) -> Result<(), AuditError> {
+    tx.prepare_cached("INSERT INTO audit_checkpoints (tree_size, note) VALUES (?1, ?2)")?
+        .execute(params![to_i64(size)?, note])?;
+    Ok(())
+}
+
+/// Deletes checkpoints of trees smaller than `below`, except those whose size is a multiple of
+/// `every`.
+pub(super) fn prune_checkpoints(
+    tx: &rusqlite::Transaction<'_>,
+    below: u64,
+    every: u64,
+) -> Result<(), AuditError> {
+    tx.prepare_cached(
+        "DELETE FROM audit_checkpoints WHERE tree_size < ?1 AND tree_size % ?2 <> 0",
+    )?
+    .execute(params![to_i64(below)?, to_i64(every.max(1))?])?;
+    Ok(())
+}
+
+pub(super) fn entry_bytes(conn: &Connection, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
+    Ok(conn
+        .prepare_cached("SELECT entry FROM audit_entries WHERE seq = ?1")?
+        .query_row(params![to_i64(seq)?], |r| Ok(value_bytes(r.get_ref(0)?)))
+        .optional()?)
+}
+
+/// Column bytes whatever their storage class: an entry edited into TEXT or a number is still
+/// read, and fails as an entry, not as a read.
+fn value_bytes(value: ValueRef<'_>) -> Vec<u8> {
+    match value {
+        ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+        ValueRef::Integer(i) => i.to_string().into_bytes(),
+        ValueRef::Real(f) => f.to_string().into_bytes(),
+        ValueRef::Null => Vec::new(),
+    }
+}
+
+/// Up to `limit` entries from `from` on, in order: sequence number and stored bytes.
+pub(super) fn entries_page(
+    conn: &Connection,
+    from: u64,
+    limit: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, entry FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![to_i64(from)?, to_i64(limit)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let seq = u64::try_from(seq)
+            .map_err(|_| AuditError::Range(format!("negative sequence number {seq}")))?;
+        out.push((seq, value_bytes(row.get_ref(1)?)));
+    }
+    Ok(out)
+}
+
+pub(super) fn for_each_entry(
+    conn: &Connection,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    for_each_row(conn, |seq, bytes, _| f(seq, bytes))
+}
+
+/// Every entry row in order: sequence number, stored bytes, stored leaf hash.
+pub(super) fn for_each_row(
+    conn: &Connection,
+    mut f: impl FnMut(u64, &[u8], Option<Hash>) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    let mut stmt = conn.prepare("SELECT seq, entry, leaf_hash FROM audit_entries ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let seq = u64::try_from(seq)
+            .map_err(|_| AuditError::Range(format!("negative sequence number {seq}")))?;
+        let bytes = value_bytes(row.get_ref(1)?);
+        let leaf = match row.get_ref(2)? {
+            ValueRef::Blob(b) => to_hash(b),
+            _ => None,
+        };
+        f(seq, &bytes, leaf)?;
+    }
+    Ok(())
+}
