@@ -11,6 +11,10 @@
 mod cli;
 mod engine;
 mod service;
+mod signer_kms;
+mod signer_local;
+mod signer_pkcs11;
+mod signing;
 
 use std::path::PathBuf;
 
