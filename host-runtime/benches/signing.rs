@@ -206,9 +206,18 @@ fn main() {
     softhsm_token(dir.path());
     for bits in [2048, 3072, 4096] {
         for (scheme, name) in schemes {
+            let (hashing, bare) = match scheme {
+                Scheme::RsassaPkcs1v15Sha256 => {
+                    ("CKM_SHA256_RSA_PKCS", "CKM_RSA_PKCS over the DigestInfo")
+                }
+                Scheme::RsassaPssSha256 => (
+                    "CKM_SHA256_RSA_PKCS_PSS",
+                    "CKM_RSA_PKCS_PSS over the digest",
+                ),
+            };
             for (mechanism, how) in [
-                (Pkcs11Mechanism::Sha256Rsa, "CKM_SHA256_RSA_PKCS*"),
-                (Pkcs11Mechanism::Rsa, "CKM_RSA_PKCS* over the digest"),
+                (Pkcs11Mechanism::Sha256Rsa, hashing),
+                (Pkcs11Mechanism::Rsa, bare),
             ] {
                 let signer = Pkcs11Signer::open(&Pkcs11Options {
                     module: PathBuf::from(MODULE),
