@@ -19,8 +19,9 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_kms::config::Credentials;
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
 use aws_sdk_kms::Client;
@@ -130,7 +131,8 @@ impl AwsKmsSigner {
         let worker = Worker::new()?;
         let client = worker.run(options.timeout, connect(options.clone()))?;
         let (c, scheme) = (client.clone(), options.scheme);
-        let key = worker.run(options.timeout, async move {
+        // Three operations in a row, each with its own timeout.
+        let key = worker.run(options.timeout * 3, async move {
             let arn = create_key(&c, spec, "Sigil template signing key".into()).await?;
             if let Some(alias) = alias {
                 c.create_alias()
@@ -171,7 +173,8 @@ impl AwsKmsSigner {
         let client = worker.run(options.timeout, connect(options.clone()))?;
         let (c, scheme, alias_moved) = (client.clone(), options.scheme, alias.clone());
         let from = options.key.clone();
-        let (previous, current) = worker.run(options.timeout, async move {
+        // Four operations in a row, each with its own timeout.
+        let (previous, current) = worker.run(options.timeout * 4, async move {
             let previous = fetch_key(c.clone(), from, scheme).await?;
             let bits = check_public_key(&previous.public_key_der, scheme)?;
             let description = format!("Sigil template signing key, rotated from {}", previous.key_arn);
@@ -430,7 +433,7 @@ fn alias_name(key: &str) -> Option<String> {
 fn kms_error<E, R>(what: &str, error: SdkError<E, R>) -> SignError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let detail = match &error {
         SdkError::ServiceError(service) => {
@@ -441,9 +444,21 @@ where
                 e.message().unwrap_or("(no message)")
             )
         }
-        other => DisplayErrorContext(other).to_string(),
+        other => causes(other),
     };
     let message = format!("{what} ({detail})");
+    // Credentials are resolved while the request is dispatched: their failure is not the network's.
+    if let Some(credentials) = find_cause::<CredentialsError>(&error) {
+        return match credentials {
+            CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => {
+                SignError::Config(format!(
+                    "{what}: no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with a role) ({detail})"
+                ))
+            }
+            CredentialsError::ProviderTimedOut(_) => SignError::Unavailable(message),
+            _ => SignError::Denied(message),
+        };
+    }
     match &error {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => SignError::Unavailable(message),
         SdkError::ServiceError(service) => match service.err().code() {
@@ -466,6 +481,33 @@ where
         },
         _ => SignError::Backend(message),
     }
+}
+
+/// The messages of an error and its sources, each said once.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
 }
 
 #[cfg(test)]

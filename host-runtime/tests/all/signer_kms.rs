@@ -425,6 +425,31 @@ fn kms_cli_signs_with_a_signer_spec() {
     )
     .unwrap();
 
+    // No credentials anywhere is a configuration error that says where credentials come from,
+    // not an unreachable server.
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["template", "sign", "--template"])
+        .arg(dir.path().join("t.txt"))
+        .args(["--id", "qa/answer", "--signer", &spec])
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not configured") && stderr.contains("no AWS credentials"),
+        "{stderr}"
+    );
+
     // A misspelt option is refused before anything is signed, with the reason.
     let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
         .args(["template", "sign", "--template"])
