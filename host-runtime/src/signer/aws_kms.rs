@@ -162,6 +162,16 @@ impl AwsKmsSigner {
     /// alias to it, and leaves the old key enabled, so that signatures it made still verify
     /// against its pinned public key until it is retired (disabled or scheduled for deletion
     /// once no keyring lists it). Returns both keys and a signer on the new one.
+    ///
+    /// ```no_run
+    /// use host_runtime::signer::{AwsKmsSigner, KmsOptions, Signer};
+    ///
+    /// let rotation = AwsKmsSigner::rotate(&KmsOptions::new("alias/sigil-templates"))?;
+    /// // Pin the new key beside the old one; give the old one a `valid_until`.
+    /// println!("{} -> {}", rotation.previous.fingerprint, rotation.current.fingerprint);
+    /// let signature = rotation.signer.sign(b"the DSSE pre-authentication encoding")?;
+    /// # Ok::<(), host_runtime::signer::SignError>(())
+    /// ```
     pub fn rotate(options: &KmsOptions) -> Result<KmsRotation, SignError> {
         let alias = alias_name(&options.key).ok_or_else(|| {
             SignError::Config(format!(
@@ -177,18 +187,20 @@ impl AwsKmsSigner {
         let (previous, current) = worker.run(options.timeout * 4, async move {
             let previous = fetch_key(c.clone(), from, scheme).await?;
             let bits = check_public_key(&previous.public_key_der, scheme)?;
-            let description = format!("Sigil template signing key, rotated from {}", previous.key_arn);
-            let arn = create_key(&c, key_spec(bits as u32)?, description).await?;
+            let spec = key_spec(u32::try_from(bits).unwrap_or(0))?;
+            let description = format!("Sigil template signing key after {}", previous.key_arn);
+            let arn = create_key(&c, spec, description).await?;
             c.update_alias()
                 .alias_name(&alias_moved)
                 .target_key_id(&arn)
                 .send()
                 .await
                 .map_err(|e| {
-                    kms_error(
-                        &format!("created `{arn}` but cannot move `{alias_moved}` to it (delete that key or retry)"),
-                        e,
-                    )
+                    let what = format!(
+                        "created `{arn}` but cannot move `{alias_moved}` to it \
+                         (retry, or schedule that key's deletion)"
+                    );
+                    kms_error(&what, e)
                 })?;
             let current = fetch_key(c, arn, scheme).await?;
             Ok((previous, current))
