@@ -23,8 +23,8 @@ const SO_PIN: &str = "12345678";
 const CHILD: &str = "SIGIL_TEST_SOFTHSM_DIR";
 const TEMPLATE: &[u8] = b"You answer questions about {{product}}. Question: {{q}}\n";
 
-/// A SoftHSM2 configuration and token of its own, with RSA keys `rsa2048` (id 01) and
-/// `rsa3072` (id 02).
+/// A SoftHSM2 configuration and token of its own, with RSA keys `rsa2048` (id 01), `rsa3072`
+/// (id 02) and `rsa1024` (id 03, too small for the verifier).
 struct Token {
     dir: PathBuf,
 }
@@ -61,7 +61,11 @@ impl Token {
                 PIN,
             ],
         );
-        for (label, id, bits) in [("rsa2048", "01", 2048), ("rsa3072", "02", 3072)] {
+        for (label, id, bits) in [
+            ("rsa2048", "01", 2048),
+            ("rsa3072", "02", 3072),
+            ("rsa1024", "03", 1024),
+        ] {
             token.run(
                 "pkcs11-tool",
                 &[
@@ -268,6 +272,13 @@ fn pkcs11_wrong_pin_missing_key_and_missing_token_are_told_apart() {
             unset.pin = PinSource::Env("SIGIL_TEST_UNSET_PIN".into());
             match Pkcs11Signer::open(&unset) {
                 Err(SignError::Config(m)) => assert!(m.contains("SIGIL_TEST_UNSET_PIN"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+            // A key the verifier would refuse is refused when opened, before it signs anything.
+            let mut small = options.clone();
+            small.key_label = Some("rsa1024".into());
+            match Pkcs11Signer::open(&small) {
+                Err(SignError::Key(m)) => assert!(m.contains("1024 bits"), "{m}"),
                 other => panic!("{other:?}"),
             }
             // After all that, the right PIN still works (a wrong try does not lock SoftHSM).
