@@ -98,8 +98,9 @@ impl Pkcs11Signer {
     /// Loads the module, finds the token, logs in with the PIN, finds the private key, reads its
     /// public key, and chooses the mechanism.
     pub fn open(options: &Pkcs11Options) -> Result<Self, SignError> {
-        let pin = read_pin(&options.pin)?;
+        // The module first: a missing library is the more basic mistake than a missing PIN.
         let pkcs11 = module(&options.module)?;
+        let pin = read_pin(&options.pin)?;
         let (slot, token) = find_slot(&pkcs11, options)?;
         let session = pkcs11
             .open_ro_session(slot)
