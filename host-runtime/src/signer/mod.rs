@@ -30,7 +30,7 @@ mod spec;
 pub use aws_kms::{AwsKmsSigner, KmsKey, KmsOptions, KmsRotation};
 pub use local::{public_pem, KeyFiles, LocalSigner};
 pub use pkcs11::{PinSource, Pkcs11Mechanism, Pkcs11Options, Pkcs11Signer};
-pub use spec::SignerSpec;
+pub use spec::{SignerSpec, DEFAULT_PIN_ENV};
 
 use guard_core::Scheme;
 use sha2::{Digest as _, Sha256};
