@@ -8,13 +8,14 @@ use guard_core::time::Timestamp;
 
 use super::{now_utc, read_bytes, read_text};
 use crate::engine::{EngineLimits, GuardEngine, Scheme};
-use crate::signer::LocalSigner;
+use crate::signer::{self, SignerSpec};
 use crate::template::{sign_template, SignRequest};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TemplateCommand {
-    /// Sign a template with a local key and write its DSSE envelope.
-    Sign(SignArgs),
+    /// Sign a template (a local key, AWS KMS or a PKCS#11 token) and write its DSSE envelope.
+    // Boxed: a signer spec makes these arguments much larger than `verify`'s.
+    Sign(Box<SignArgs>),
     /// Verify a template against its envelope and a pinned public key (inside the guard).
     Verify(VerifyArgs),
     /// Run the validation pipeline on a candidate template: placeholders and schema, hidden
@@ -27,9 +28,18 @@ pub struct SignArgs {
     /// The template file; its exact bytes are signed.
     #[arg(long)]
     template: PathBuf,
-    /// Private key (PKCS#8 PEM) from `sigil keys generate`.
-    #[arg(long)]
-    key: PathBuf,
+    /// Private key (PKCS#8 PEM) from `sigil keys generate`: short for `--signer local:FILE`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "signer",
+        conflicts_with = "signer"
+    )]
+    key: Option<PathBuf>,
+    /// The signing backend: `local:FILE`, `aws-kms:alias/NAME[;region=…]` or
+    /// `pkcs11:module=LIB;token=LABEL;key=LABEL` (PIN from `SIGIL_PKCS11_PIN` or `pin-file=`).
+    #[arg(long, value_name = "SPEC")]
+    signer: Option<SignerSpec>,
     /// Template id: lowercase letters, digits and `-_./`.
     #[arg(long)]
     id: String,
@@ -45,9 +55,9 @@ pub struct SignArgs {
     /// The previous version's template digest, hex SHA-256.
     #[arg(long, value_name = "HEX")]
     prev_digest: Option<String>,
-    /// Who signs.
+    /// Who signs (the statement's `signer`).
     #[arg(long, default_value = "local-dev")]
-    signer: String,
+    signed_by: String,
     /// Days the signature stays valid (1 to 36500).
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     valid_days: u32,
@@ -89,7 +99,7 @@ pub enum SchemeArg {
 
 pub fn run(command: TemplateCommand) -> Result<ExitCode> {
     match command {
-        TemplateCommand::Sign(args) => sign(args),
+        TemplateCommand::Sign(args) => sign(*args),
         TemplateCommand::Verify(args) => verify(args),
         TemplateCommand::Validate(args) => super::validate::run(args),
     }
@@ -97,7 +107,15 @@ pub fn run(command: TemplateCommand) -> Result<ExitCode> {
 
 fn sign(args: SignArgs) -> Result<ExitCode> {
     let template = read_bytes(&args.template, "template")?;
-    let signer = LocalSigner::from_pem_file(&args.key)?;
+    let spec = match (&args.signer, &args.key) {
+        (Some(spec), _) => spec.clone(),
+        (None, Some(path)) => SignerSpec::Local {
+            path: path.clone(),
+            scheme: guard_core::Scheme::RsassaPkcs1v15Sha256,
+        },
+        (None, None) => anyhow::bail!("name the key: `--key FILE` or `--signer SPEC`"),
+    };
+    let signer = signer::open(&spec)?;
     let schema: serde_json::Value = match &args.variables {
         Some(path) => serde_json::from_str(&read_text(path, "variable schema")?)
             .with_context(|| format!("variable schema `{}` is not JSON", path.display()))?,
@@ -121,12 +139,12 @@ fn sign(args: SignArgs) -> Result<ExitCode> {
         template: &template,
         variables_schema: &schema,
         prev_digest,
-        signer: &args.signer,
+        signer: &args.signed_by,
         signed_at,
         not_after,
         validation_digest: args.validation_digest.clone(),
     };
-    let envelope = sign_template(&request, &signer)?;
+    let envelope = sign_template(&request, signer.as_ref())?;
     let json = serde_json::to_string_pretty(&envelope)?;
     match &args.out {
         Some(path) => {

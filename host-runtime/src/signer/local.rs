@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
-use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RSA_PSS_SHA256};
 use guard_core::Scheme;
 
-use super::{fingerprint, SignError, Signer};
+use super::{check_public_key, fingerprint, SignError, Signer};
 
 const PRIVATE_LABEL: &str = "PRIVATE KEY";
 const PUBLIC_LABEL: &str = "PUBLIC KEY";
@@ -22,12 +22,14 @@ const PUBLIC_LABEL: &str = "PUBLIC KEY";
 pub struct LocalSigner {
     key: KeyPair,
     public_der: Vec<u8>,
+    scheme: Scheme,
 }
 
 impl std::fmt::Debug for LocalSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalSigner")
             .field("fingerprint", &fingerprint(&self.public_der))
+            .field("scheme", &self.scheme)
             .finish_non_exhaustive()
     }
 }
@@ -67,9 +69,20 @@ impl LocalSigner {
         let public: PublicKeyX509Der<'static> = key.public_key().as_der().map_err(key_error)?;
         let public_der = public.as_ref().to_vec();
         // The verifier accepts 2048 to 4096 bits; refuse here what it would refuse later.
-        guard_core::PinnedKey::from_spki(&public_der, Scheme::RsassaPkcs1v15Sha256)
-            .map_err(key_error)?;
-        Ok(LocalSigner { key, public_der })
+        check_public_key(&public_der, Scheme::RsassaPkcs1v15Sha256)?;
+        Ok(LocalSigner {
+            key,
+            public_der,
+            scheme: Scheme::RsassaPkcs1v15Sha256,
+        })
+    }
+
+    /// The same key signing with `scheme` (keys are read and generated as PKCS#1 v1.5 signers).
+    /// PSS signatures use SHA-256, MGF1-SHA-256 and a 32-byte salt, as the verifier expects.
+    pub fn with_scheme(mut self, scheme: Scheme) -> Result<Self, SignError> {
+        check_public_key(&self.public_der, scheme)?;
+        self.scheme = scheme;
+        Ok(self)
     }
 
     /// Reads a PKCS#8 PEM private key.
@@ -200,18 +213,18 @@ impl Signer for LocalSigner {
     }
 
     fn scheme(&self) -> Scheme {
-        Scheme::RsassaPkcs1v15Sha256
+        self.scheme
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         let mut signature = vec![0u8; self.key.public_modulus_len()];
+        // aws-lc-rs's PSS encoding uses a salt as long as the digest: 32 bytes for SHA-256.
+        let padding = match self.scheme {
+            Scheme::RsassaPkcs1v15Sha256 => &RSA_PKCS1_SHA256,
+            Scheme::RsassaPssSha256 => &RSA_PSS_SHA256,
+        };
         self.key
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                message,
-                &mut signature,
-            )
+            .sign(padding, &SystemRandom::new(), message, &mut signature)
             .map_err(|e| SignError::Backend(e.to_string()))?;
         Ok(signature)
     }

@@ -12,6 +12,10 @@ mod audit;
 mod cli;
 mod engine;
 mod service;
+mod signer_kms;
+mod signer_local;
+mod signer_pkcs11;
+mod signing;
 mod validate;
 
 use std::path::PathBuf;
