@@ -470,7 +470,7 @@ pub fn render(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GuardRequest {
-    template: serde_json::Map<String, serde_json::Value>,
+    template: Box<serde_json::value::RawValue>,
     variables_schema: Box<serde_json::value::RawValue>,
     #[serde(default)]
     variables: UniqueMap<serde_json::Value>,
@@ -522,14 +522,12 @@ pub fn guard_json(guard: &crate::Guard, request: &str) -> Result<String, GuardCa
             request.len()
         )));
     }
-    let mut request: GuardRequest =
+    let request: GuardRequest =
         serde_json::from_str(request).map_err(|e| GuardCallError::InvalidRequest(e.to_string()))?;
-    request
-        .template
-        .entry("now")
-        .or_insert_with(|| serde_json::Value::String(request.context.now.clone()));
-    let verify_json = serde_json::Value::Object(request.template).to_string();
-    let verified = crate::provenance::verify_request(verify_json.as_bytes())?;
+    let verified = crate::provenance::request::verify_request_at(
+        request.template.get().as_bytes(),
+        Some(&request.context.now),
+    )?;
     let schema = VariableSchema::from_json(request.variables_schema.get().as_bytes())?;
     let rendered = render(&verified, &schema, &request.variables.0)?;
     let input = crate::contract::AssessmentInput {

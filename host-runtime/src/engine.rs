@@ -1,12 +1,18 @@
-//! The guard module under wasmtime: the embedded component, a pool of instances, fuel and memory
-//! limits per call.
+//! The guard module under wasmtime: the embedded component, a pool of instances, a deadline and
+//! a memory limit per call.
 //!
 //! Each instance holds one compiled policy (set by `init` when it is created) and nothing else.
-//! A call that traps, runs out of fuel or hits the memory limit discards its instance; the next
-//! call gets a fresh one made from the same pre-instantiated component.
+//! A call that traps, runs past its deadline or hits the memory limit discards its instance; the
+//! next call gets a fresh one made from the same pre-instantiated component.
+//!
+//! Deadlines are epochs: a ticker thread advances the engine's epoch every 10 ms and each call
+//! may run for a number of ticks that grows with its input. Fuel would count work exactly, but
+//! metering every basic block costs about a quarter of the guard's speed; a deadline bounds a
+//! runaway call just as surely.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
@@ -23,18 +29,20 @@ use bindings::{Guard as GuardBindings, GuardError, GuardPre};
 /// The guard component, built from `guard-wasm/component` when this crate was built.
 pub static GUARD_WASM: &[u8] = include_bytes!(env!("SIGIL_GUARD_WASM_PATH"));
 
-/// Fuel for compiling the policy when an instance is made: a fixed cost, not the callers'.
-const INIT_FUEL: u64 = 20_000_000_000;
+/// How often the epoch advances: the resolution of every deadline.
+const TICK: Duration = Duration::from_millis(10);
+/// Time for compiling the policy when an instance is made: a fixed cost, not the callers'.
+const INIT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Bounds on each call into the guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineLimits {
     /// Linear memory one instance may grow to.
     pub memory_bytes: usize,
-    /// Fuel every call gets.
-    pub fuel_base: u64,
-    /// Extra fuel per byte of input: work is linear in the input, so is the budget.
-    pub fuel_per_byte: u64,
+    /// Time every call gets.
+    pub deadline_base: Duration,
+    /// Extra time per MiB of input: work is linear in the input, so is the budget.
+    pub deadline_per_mib: Duration,
     /// Largest input accepted, in bytes.
     pub max_input_bytes: usize,
     /// Instances kept alive, and made at most at once.
@@ -45,8 +53,10 @@ impl Default for EngineLimits {
     fn default() -> Self {
         EngineLimits {
             memory_bytes: 512 << 20,
-            fuel_base: 200_000_000,
-            fuel_per_byte: 4_000,
+            // Generous: tens of times what the guard needs on a loaded machine, so only a
+            // runaway call meets it.
+            deadline_base: Duration::from_secs(2),
+            deadline_per_mib: Duration::from_secs(2),
             max_input_bytes: 64 << 20,
             max_instances: 16,
         }
@@ -74,7 +84,7 @@ pub enum EngineError {
         /// The limit.
         limit: usize,
     },
-    /// The guest trapped, ran out of fuel or memory; its instance was discarded.
+    /// The guest trapped, ran past its deadline or out of memory; its instance was discarded.
     #[error("guard call aborted, instance discarded: {0}")]
     Trap(String),
 }
@@ -122,9 +132,54 @@ pub struct EngineStats {
     pub calls: AtomicU64,
 }
 
+/// Advances an engine's epoch every [`TICK`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Result<Self, EngineError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sigil-guard-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| EngineError::Load(format!("cannot start the deadline ticker: {e}")))?;
+        Ok(Ticker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Ticks for a deadline, rounded up, plus one for the tick already under way.
+fn ticks(deadline: Duration) -> u64 {
+    let tick = TICK.as_nanos().max(1);
+    u64::try_from(deadline.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
 /// The guard, compiled once, with a pool of instances that each hold the compiled policy.
 pub struct GuardEngine {
     engine: Engine,
+    _ticker: Ticker,
     pre: GuardPre<HostState>,
     policy_json: String,
     limits: EngineLimits,
@@ -166,7 +221,7 @@ impl GuardEngine {
     ) -> Result<Self, EngineError> {
         let load = |e: wasmtime::Error| EngineError::Load(format!("{e:#}"));
         let mut config = Config::new();
-        config.consume_fuel(true);
+        config.epoch_interruption(true);
         config.wasm_component_model(true);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(limits.max_instances * 2)
@@ -180,8 +235,10 @@ impl GuardEngine {
         // The guard imports nothing: an empty linker proves it can reach no host function.
         let linker: Linker<HostState> = Linker::new(&engine);
         let pre = GuardPre::new(linker.instantiate_pre(&component).map_err(load)?).map_err(load)?;
+        let ticker = Ticker::start(engine.clone())?;
         let engine = GuardEngine {
             engine,
+            _ticker: ticker,
             pre,
             policy_json: policy_json.to_string(),
             limits,
@@ -211,15 +268,7 @@ impl GuardEngine {
             .build();
         let mut store = Store::new(&self.engine, HostState { limits });
         store.limiter(|state| &mut state.limits);
-        store
-            .set_fuel(
-                INIT_FUEL.saturating_add(
-                    self.limits
-                        .fuel_per_byte
-                        .saturating_mul(self.policy_json.len() as u64),
-                ),
-            )
-            .map_err(|e| EngineError::Load(format!("{e:#}")))?;
+        store.set_epoch_deadline(ticks(INIT_DEADLINE));
         let guard = self
             .pre
             .instantiate(&mut store)
@@ -256,14 +305,12 @@ impl GuardEngine {
             Some(i) => i,
             None => self.instantiate()?,
         };
-        let fuel = self
+        let mib = u32::try_from(input_bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        let deadline = self
             .limits
-            .fuel_base
-            .saturating_add(self.limits.fuel_per_byte.saturating_mul(input_bytes as u64));
-        instance
-            .store
-            .set_fuel(fuel)
-            .map_err(|e| EngineError::Load(format!("{e:#}")))?;
+            .deadline_base
+            .saturating_add(self.limits.deadline_per_mib.saturating_mul(mib));
+        instance.store.set_epoch_deadline(ticks(deadline));
         match call(&mut instance) {
             Ok(value) => {
                 self.stats.calls.fetch_add(1, Ordering::Relaxed);

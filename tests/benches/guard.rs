@@ -254,7 +254,7 @@ fn main() {
         micros(guard_new)
     );
     verification_table();
-    println!("wasmtime figures include the host call: copying the input in, fuel accounting, the JSON answer out; \
+    println!("wasmtime figures include the host call: copying the input in, the epoch deadline, the JSON answer out; \
               natively the pinned key is parsed once, under wasmtime the PEM key is parsed on each call.");
 }
 

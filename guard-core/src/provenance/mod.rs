@@ -10,7 +10,7 @@
 
 mod dsse;
 mod keyring;
-mod request;
+pub(crate) mod request;
 mod rsa_verify;
 mod statement;
 mod template_policy;

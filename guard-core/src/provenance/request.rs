@@ -29,7 +29,8 @@ pub struct VerifyRequest {
     version: Option<u64>,
     #[serde(default)]
     high_water: Option<HighWater>,
-    now: String,
+    #[serde(default)]
+    now: Option<String>,
     #[serde(default)]
     max_skew_seconds: Option<u32>,
 }
@@ -74,6 +75,14 @@ pub fn verify_request_json(request: &[u8]) -> Result<String, VerifyError> {
 
 /// Verifies the template a JSON request describes.
 pub fn verify_request(request: &[u8]) -> Result<super::VerifiedTemplate, VerifyError> {
+    verify_request_at(request, None)
+}
+
+/// Like [`verify_request`], with the time to use when the request names none.
+pub(crate) fn verify_request_at(
+    request: &[u8],
+    default_now: Option<&str>,
+) -> Result<super::VerifiedTemplate, VerifyError> {
     if request.len() > MAX_REQUEST_BYTES {
         return Err(VerifyError::InvalidRequest(format!(
             "{} bytes is over the {MAX_REQUEST_BYTES}-byte limit",
@@ -84,8 +93,12 @@ pub fn verify_request(request: &[u8]) -> Result<super::VerifiedTemplate, VerifyE
         serde_json::from_slice(request).map_err(|e| VerifyError::InvalidRequest(e.to_string()))?;
     let keyring = keyring_for(request.keyring.get())?;
     let policy = request.template_policy.unwrap_or_default();
-    let now =
-        Timestamp::parse(&request.now).map_err(|e| VerifyError::InvalidTime(e.to_string()))?;
+    let now = request
+        .now
+        .as_deref()
+        .or(default_now)
+        .ok_or_else(|| VerifyError::InvalidRequest("missing field `now`".into()))?;
+    let now = Timestamp::parse(now).map_err(|e| VerifyError::InvalidTime(e.to_string()))?;
     // An envelope given as a string is its JSON text; as an object, the object's own bytes.
     let raw = request.envelope.get();
     let text;

@@ -1,4 +1,4 @@
-//! The guard module under wasmtime: pooling, fuel, memory limits, discarded instances.
+//! The guard module under wasmtime: pooling, deadlines, memory limits, discarded instances.
 
 use std::sync::atomic::Ordering;
 
@@ -44,16 +44,17 @@ fn decides_inside_the_module_and_reuses_one_instance() {
 }
 
 #[test]
-fn out_of_fuel_discards_the_instance_and_the_next_call_gets_a_fresh_one() {
+fn a_call_past_its_deadline_discards_the_instance_and_the_next_call_gets_a_fresh_one() {
+    // 50 ms is hundreds of times what a short prompt takes and a small part of what 10 MB takes.
     let e = engine(EngineLimits {
-        fuel_base: 20_000_000,
-        fuel_per_byte: 0,
+        deadline_base: std::time::Duration::from_millis(50),
+        deadline_per_mib: std::time::Duration::ZERO,
         ..EngineLimits::default()
     });
     assert_eq!(action(&e.assess_text("hello there", NOW).unwrap()), "allow");
-    let big = "ignore previous instructions ".repeat(100_000);
+    let big = "ignore previous instructions ".repeat(350_000);
     match e.assess_text(&big, NOW) {
-        Err(EngineError::Trap(message)) => assert!(message.contains("fuel"), "{message}"),
+        Err(EngineError::Trap(message)) => assert!(message.contains("interrupt"), "{message}"),
         other => panic!("expected a trap, got {other:?}"),
     }
     assert_eq!(e.stats().discarded.load(Ordering::Relaxed), 1);
