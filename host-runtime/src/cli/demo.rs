@@ -72,6 +72,38 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let now = args.guard.now()?;
     let signed_at = Timestamp::parse(&now)?;
     let schema = serde_json::json!({"question": {"type": "string", "max_length": 4000}});
+    let engine = args.guard.engine()?;
+    // The validation pipeline first: nothing that fails it is signed.
+    let validation = crate::validate::validate(
+        &crate::validate::Candidate {
+            template_id: TEMPLATE_ID,
+            template: template_text.as_bytes(),
+            schema: schema.to_string().as_bytes(),
+            previous: None,
+        },
+        &crate::validate::ValidationOptions {
+            max_template_bytes: crate::validate::DEFAULT_MAX_TEMPLATE_BYTES,
+            allow_personal_data: false,
+            now: signed_at,
+        },
+        &engine,
+    )?;
+    if !validation.passed {
+        for stage in validation.failures() {
+            for issue in &stage.issues {
+                outln!("  {}: {}", issue.code, issue.message);
+            }
+        }
+        anyhow::bail!(
+            "the template `{}` did not pass validation; nothing was signed",
+            template_path.display()
+        );
+    }
+    outln!(
+        "validated `{TEMPLATE_ID}`: {} stages passed, report sha256:{}",
+        validation.stages.len(),
+        validation.digest()
+    );
     let envelope = sign_template(
         &SignRequest {
             template_id: TEMPLATE_ID,
@@ -82,7 +114,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             signer: "sigil-demo",
             signed_at,
             not_after: Timestamp::from_unix_seconds(signed_at.unix_seconds() + 30 * 86_400),
-            validation_digest: None,
+            validation_digest: Some(validation.digest()),
         },
         &signer,
     )?;
@@ -92,7 +124,6 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot write `{}`", envelope_path.display()))?;
 
     // Verify it inside the guard, and watch a tampered copy fail.
-    let engine = args.guard.engine()?;
     let scheme = Scheme::RsassaPkcs1v15Sha256;
     let report = engine
         .verify_template(

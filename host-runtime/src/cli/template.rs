@@ -61,9 +61,21 @@ pub struct SignArgs {
     /// Days the signature stays valid (1 to 36500).
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     valid_days: u32,
-    /// Hex SHA-256 of the validation report, if a pipeline ran.
-    #[arg(long, value_name = "HEX")]
+    /// Skip the validation pipeline (`sigil template validate`) that runs before signing.
+    #[arg(long)]
+    no_validate: bool,
+    /// Hex SHA-256 of a validation report made elsewhere; only with `--no-validate`.
+    #[arg(long, value_name = "HEX", requires = "no_validate")]
     validation_digest: Option<String>,
+    /// Write the validation report (JSON, as digested) here.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_validate")]
+    validation_report: Option<PathBuf>,
+    /// Let e-mail addresses and phone numbers through the pipeline as warnings.
+    #[arg(long, conflicts_with = "no_validate")]
+    allow_personal_data: bool,
+    /// Policy (JSON) for the pipeline's analysis of the template. Without it, the default policy.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_validate")]
+    policy: Option<PathBuf>,
     /// Where to write the envelope. Without it, standard output.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -116,20 +128,76 @@ fn sign(args: SignArgs) -> Result<ExitCode> {
         (None, None) => anyhow::bail!("name the key: `--key FILE` or `--signer SPEC`"),
     };
     let signer = signer::open(&spec)?;
-    let schema: serde_json::Value = match &args.variables {
-        Some(path) => serde_json::from_str(&read_text(path, "variable schema")?)
-            .with_context(|| format!("variable schema `{}` is not JSON", path.display()))?,
-        None => serde_json::json!({}),
+    let schema_text = match &args.variables {
+        Some(path) => read_text(path, "variable schema")?,
+        None => "{}".to_string(),
     };
-    let prev_digest = match (&args.prev, &args.prev_digest) {
-        (Some(path), _) => Some(guard_core::provenance::sha256_hex(&read_bytes(
-            path,
-            "previous template",
-        )?)),
+    let schema: serde_json::Value = serde_json::from_str(&schema_text).with_context(|| {
+        format!(
+            "variable schema `{}` is not JSON",
+            args.variables
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        )
+    })?;
+    let previous = args
+        .prev
+        .as_ref()
+        .map(|path| read_bytes(path, "previous template"))
+        .transpose()?;
+    let prev_digest = match (&previous, &args.prev_digest) {
+        (Some(bytes), _) => Some(guard_core::provenance::sha256_hex(bytes)),
         (None, Some(hex)) => Some(hex.clone()),
         (None, None) => None,
     };
     let signed_at = Timestamp::parse(&now_utc())?;
+    let validation_digest = if args.no_validate {
+        args.validation_digest.clone()
+    } else {
+        let options = super::GuardOptions {
+            policy: args.policy.clone(),
+            now: None,
+            model: None,
+        };
+        let report = crate::validate::validate(
+            &crate::validate::Candidate {
+                template_id: &args.id,
+                template: &template,
+                schema: schema_text.as_bytes(),
+                previous: previous.as_deref(),
+            },
+            &crate::validate::ValidationOptions {
+                max_template_bytes: crate::validate::DEFAULT_MAX_TEMPLATE_BYTES,
+                allow_personal_data: args.allow_personal_data,
+                now: signed_at,
+            },
+            &options.engine()?,
+        )?;
+        if let Some(path) = &args.validation_report {
+            std::fs::write(path, report.to_json())
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+        }
+        if !report.passed {
+            for stage in report.failures() {
+                let name = serde_json::to_value(stage.stage)?;
+                for issue in &stage.issues {
+                    eprintln!(
+                        "{}: {} {}",
+                        name.as_str().unwrap_or_default(),
+                        issue.code,
+                        issue.message
+                    );
+                }
+            }
+            eprintln!(
+                "refused: `{}` did not pass validation (see `sigil template validate`); nothing was signed",
+                args.id
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Some(report.digest())
+    };
     let not_after = Timestamp::from_unix_seconds(
         signed_at.unix_seconds() + i64::from(args.valid_days) * 86_400,
     );
@@ -142,7 +210,7 @@ fn sign(args: SignArgs) -> Result<ExitCode> {
         signer: &args.signed_by,
         signed_at,
         not_after,
-        validation_digest: args.validation_digest.clone(),
+        validation_digest,
     };
     let envelope = sign_template(&request, signer.as_ref())?;
     let json = serde_json::to_string_pretty(&envelope)?;

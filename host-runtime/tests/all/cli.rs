@@ -215,7 +215,9 @@ fn keys_sign_and_verify_with_clear_refusals() {
     assert_eq!(again.status.code(), Some(2));
 
     std::fs::write(d.join("t.txt"), "Answer the question: {{q}}\n").unwrap();
-    let sign = sigil(&[
+    std::fs::write(d.join("schema.json"), r#"{"q": {"type": "string"}}"#).unwrap();
+    // Signing runs the validation pipeline first: without the schema, `{{q}}` is undeclared.
+    let refused = sigil(&[
         "template",
         "sign",
         "--template",
@@ -227,7 +229,82 @@ fn keys_sign_and_verify_with_clear_refusals() {
         "--out",
         &p("t.env.json"),
     ]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("undeclared_variable"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(
+        !d.join("t.env.json").exists(),
+        "a refused template was signed"
+    );
+    let sign = sigil(&[
+        "template",
+        "sign",
+        "--template",
+        &p("t.txt"),
+        "--key",
+        &p("keys/signing-key.pem"),
+        "--id",
+        "qa/answer",
+        "--variables",
+        &p("schema.json"),
+        "--validation-report",
+        &p("t.report.json"),
+        "--out",
+        &p("t.env.json"),
+    ]);
     assert!(sign.status.success(), "{}", text(&sign.stderr));
+    // The statement records the digest of the report that was written.
+    let env: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("t.env.json")).unwrap()).unwrap();
+    use base64::Engine as _;
+    let statement: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(env["payload"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let report = std::fs::read(d.join("t.report.json")).unwrap();
+    assert_eq!(
+        statement["validation_digest"].as_str().unwrap(),
+        guard_core::provenance::sha256_hex(&report)
+    );
+    // A secret in the template is refused unless validation is skipped outright.
+    std::fs::write(d.join("s.txt"), "Use key AKIAIOSFODNN7EXAMPLE for {{q}}\n").unwrap();
+    let secret = sigil(&[
+        "template",
+        "sign",
+        "--template",
+        &p("s.txt"),
+        "--key",
+        &p("keys/signing-key.pem"),
+        "--id",
+        "qa/secret",
+        "--variables",
+        &p("schema.json"),
+    ]);
+    assert_eq!(secret.status.code(), Some(1));
+    assert!(
+        text(&secret.stderr).contains("aws_access_key"),
+        "{}",
+        text(&secret.stderr)
+    );
+    let skipped = sigil(&[
+        "template",
+        "sign",
+        "--template",
+        &p("s.txt"),
+        "--key",
+        &p("keys/signing-key.pem"),
+        "--id",
+        "qa/secret",
+        "--variables",
+        &p("schema.json"),
+        "--no-validate",
+    ]);
+    assert!(skipped.status.success(), "{}", text(&skipped.stderr));
     let verify = |template: &str, key: &str, envelope: &str| {
         sigil(&[
             "template",

@@ -401,7 +401,7 @@ fn kms_cli_signs_with_a_signer_spec() {
         server.endpoint
     );
     let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(["template", "sign", "--template"])
+        .args(["template", "sign", "--no-validate", "--template"])
         .arg(dir.path().join("t.txt"))
         .args(["--id", "qa/answer", "--signer", &spec, "--out"])
         .arg(dir.path().join("t.env.json"))
@@ -429,7 +429,7 @@ fn kms_cli_signs_with_a_signer_spec() {
     // not an unreachable server.
     let home = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(["template", "sign", "--template"])
+        .args(["template", "sign", "--no-validate", "--template"])
         .arg(dir.path().join("t.txt"))
         .args(["--id", "qa/answer", "--signer", &spec])
         .env("HOME", home.path())
@@ -452,7 +452,7 @@ fn kms_cli_signs_with_a_signer_spec() {
 
     // A misspelt option is refused before anything is signed, with the reason.
     let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(["template", "sign", "--template"])
+        .args(["template", "sign", "--no-validate", "--template"])
         .arg(dir.path().join("t.txt"))
         .args([
             "--id",
