@@ -10,6 +10,7 @@
 
 mod dsse;
 mod keyring;
+mod montgomery;
 pub(crate) mod request;
 mod rsa_verify;
 mod statement;
