@@ -50,6 +50,12 @@ test("lone surrogates, bad shapes and bad policies are typed errors", () => {
   assert.equal(codeOf(() => guard.assess({ segments: "nope", context: { now: NOW } })), "invalid_input");
   assert.equal(codeOf(() => guard.assess(42)), "invalid_input");
   assert.equal(codeOf(() => guard.assessJson("{")), "invalid_input");
+  // A raw lone surrogate in a JSON request would otherwise become U+FFFD on the way in.
+  const raw = '{"segments":[{"text":"a\ud800","trust":"untrusted"}],"context":{"now":"' + NOW + '"}}';
+  assert.equal(codeOf(() => guard.assessJson(raw)), "lone_surrogate");
+  assert.equal(codeOf(() => guard.guardJson("\udfff")), "lone_surrogate");
+  assert.equal(codeOf(() => verifyJson("{\ud800}")), "lone_surrogate");
+  assert.equal(codeOf(() => guard.assessText("abc", "2026\ud800")), "lone_surrogate");
   assert.equal(codeOf(() => guard.assessJson("[".repeat(100000))), "invalid_input");
   assert.equal(codeOf(() => new Guard('{"thresholds":{"low":0.9,"medium":0.1,"high":0.2,"critical":0.3}}')), "invalid_policy");
   assert.equal(codeOf(() => new Guard("not json")), "invalid_policy");

@@ -43,6 +43,9 @@ pub const MAX_TEMPLATE_BYTES: usize = 16 << 20;
 pub const MAX_STATEMENT_BYTES: usize = 64 << 10;
 /// Most signatures an envelope may carry: bounds the RSA work one envelope can cause.
 pub const MAX_ENVELOPE_SIGNATURES: usize = 16;
+/// Most RSA verifications one envelope may cause: each signature is tried against the key its
+/// `keyid` names first, so honest envelopes need one per signature.
+pub const MAX_RSA_OPERATIONS: usize = 48;
 /// Default tolerance, in seconds, for a `signed_at` ahead of the verifier's clock.
 pub const DEFAULT_MAX_SKEW_SECONDS: u32 = 300;
 
@@ -307,6 +310,14 @@ pub enum VerifyError {
         /// Since when.
         revoked_at: String,
     },
+    /// The only keys that signed are past their validity window.
+    #[error("signed by key `{fingerprint}`, retired at `{valid_until}`")]
+    ExpiredKey {
+        /// The retired key.
+        fingerprint: String,
+        /// When it was retired.
+        valid_until: String,
+    },
     /// The only keys that signed were not allowed to sign at `signed_at`.
     #[error("key `{fingerprint}` may sign within {window}, but the statement is signed at `{signed_at}`")]
     OutsideKeyWindow {
@@ -438,6 +449,7 @@ impl VerifyError {
             VerifyError::UnknownKey { .. } => "unknown_key",
             VerifyError::BadSignature { .. } => "bad_signature",
             VerifyError::RevokedKey { .. } => "revoked_key",
+            VerifyError::ExpiredKey { .. } => "expired_key",
             VerifyError::OutsideKeyWindow { .. } => "outside_key_window",
             VerifyError::NotEnoughApprovals { .. } => "not_enough_approvals",
             VerifyError::Statement(_) => "malformed_statement",
@@ -487,7 +499,7 @@ pub struct TemplateCheck<'a> {
     pub policy: &'a TemplatePolicy,
     /// The highest version accepted before, as the last verification returned it.
     pub high_water: Option<&'a HighWater>,
-    /// Now. Without it no time is checked, and a key with any `revoked_at` counts as revoked.
+    /// Now. Required: a check without it is refused (`invalid_time`).
     pub now: Option<Timestamp>,
     /// How far ahead of `now` a `signed_at` may be, for clocks that disagree.
     pub max_skew_seconds: u32,
@@ -508,7 +520,8 @@ impl<'a> TemplateCheck<'a> {
     }
 }
 
-/// Verifies a signed template against one pinned key, at `now` (RFC 3339 UTC) when given.
+/// Verifies a signed template against one pinned key, at `now` (RFC 3339 UTC; required, the
+/// refusal is `invalid_time` without it).
 ///
 /// The simple form of [`verify`]: any template id, the active version, no high-water mark, and
 /// one signature by `key` (valid at every time) enough.
@@ -551,6 +564,10 @@ pub fn verify(
         return Err(VerifyError::TemplateTooLarge(template.len()));
     }
     check.policy.check()?;
+    // Without a time nothing about expiry or revocation can be said: refuse rather than skip.
+    let now = check.now.ok_or_else(|| {
+        VerifyError::InvalidTime("a time to verify at (`now`) is required".into())
+    })?;
     let envelope: Envelope = serde_json::from_slice(envelope_json)
         .map_err(|e| VerifyError::MalformedEnvelope(e.to_string()))?;
     if envelope.payload_type != PAYLOAD_TYPE {
@@ -604,7 +621,7 @@ pub fn verify(
     // Both parsed already by Statement::check.
     let signed_at = Timestamp::parse(&statement.signed_at)
         .map_err(|e| VerifyError::InvalidTime(e.to_string()))?;
-    if let Some(now) = check.now {
+    {
         let not_after = Timestamp::parse(&statement.not_after)
             .map_err(|e| VerifyError::InvalidTime(e.to_string()))?;
         if signed_at > now.saturating_add_seconds(i64::from(check.max_skew_seconds)) {
@@ -620,7 +637,7 @@ pub fn verify(
             });
         }
     }
-    let approvals = count_approvals(&verified, signed_at, check)?;
+    let approvals = count_approvals(&verified, signed_at, now, check)?;
     let high_water = check_version(&statement, check)?;
     let text = String::from_utf8(template.to_vec())
         .map_err(|e| VerifyError::TemplateNotUtf8(e.utf8_error().valid_up_to()))?;
@@ -644,6 +661,7 @@ fn verify_signatures(
     let mut first_malformed = None;
     let mut any_well_formed = false;
     let mut unknown_hint = None;
+    let mut operations = 0;
     for (index, signature) in envelope.signatures.iter().enumerate() {
         let bytes = match STANDARD.decode(signature.sig.as_bytes()) {
             Ok(bytes) => bytes,
@@ -687,8 +705,12 @@ fn verify_signatures(
         if hinted.is_none() && is_sha256_hex(&signature.keyid) {
             unknown_hint.get_or_insert_with(|| signature.keyid.chars().take(100).collect());
         }
+        // An envelope is unauthenticated input: the RSA work one may cause is bounded.
+        let budget = MAX_RSA_OPERATIONS.saturating_sub(operations);
+        operations += candidates.len().min(budget);
         if let Some(key) = candidates
             .into_iter()
+            .take(budget)
             .find(|&i| keys.get(i).is_some_and(|k| k.key.verifies(message, &bytes)))
         {
             verified.push(Verified { key });
@@ -711,6 +733,7 @@ fn verify_signatures(
 fn count_approvals(
     verified: &[Verified],
     signed_at: Timestamp,
+    now: Timestamp,
     check: &TemplateCheck<'_>,
 ) -> Result<Vec<String>, VerifyError> {
     let approvers = check.policy.distinct_approvers();
@@ -722,14 +745,20 @@ fn count_approvals(
             continue;
         };
         let fingerprint = key.key.fingerprint();
-        let revoked = match check.now {
-            Some(now) => key.is_revoked_at(now),
-            None => key.revoked_at.is_some(),
-        };
-        if revoked {
+        // Revoking a key revokes it under every record that holds its modulus.
+        let revoked = check
+            .keyring
+            .keys()
+            .iter()
+            .filter(|k| k.signer == key.signer)
+            .find(|k| k.is_revoked_at(now));
+        if let Some(revoked) = revoked {
             refusal.get_or_insert_with(|| VerifyError::RevokedKey {
-                fingerprint: fingerprint.to_string(),
-                revoked_at: key.revoked_at.map(|t| t.to_string()).unwrap_or_default(),
+                fingerprint: revoked.key.fingerprint().to_string(),
+                revoked_at: revoked
+                    .revoked_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
             });
             continue;
         }
@@ -738,6 +767,15 @@ fn count_approvals(
                 fingerprint: fingerprint.to_string(),
                 window: key.window(),
                 signed_at: signed_at.to_string(),
+            });
+            continue;
+        }
+        // A key past its window is retired: what it signed is refused from then on, whatever
+        // `signed_at` claims, since a retired key is no longer guarded as one in service.
+        if let Some(until) = key.valid_until.filter(|until| now >= *until) {
+            refusal.get_or_insert_with(|| VerifyError::ExpiredKey {
+                fingerprint: fingerprint.to_string(),
+                valid_until: until.to_string(),
             });
             continue;
         }

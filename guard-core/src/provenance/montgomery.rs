@@ -284,11 +284,15 @@ mod tests {
                 // Edge values: 0, 1, n - 1; and n itself is refused.
                 let mut n_minus_1 = n.clone();
                 *n_minus_1.last_mut().unwrap() -= 1;
-                for s in [vec![0u8; len], {
-                    let mut one = vec![0u8; len];
-                    *one.last_mut().unwrap() = 1;
-                    one
-                }, n_minus_1] {
+                for s in [
+                    vec![0u8; len],
+                    {
+                        let mut one = vec![0u8; len];
+                        *one.last_mut().unwrap() = 1;
+                        one
+                    },
+                    n_minus_1,
+                ] {
                     let expected = BigUint::from_bytes_be(&s).modpow(&e, &n_big);
                     let got = modulus.pow_65537(&s, len).unwrap();
                     assert_eq!(BigUint::from_bytes_be(&got), expected);

@@ -129,6 +129,10 @@ impl Statement {
         if self.signer.trim().is_empty() || self.signer.len() > 256 {
             return Err(field("signer", "must be 1 to 256 characters"));
         }
+        // It is shown to people: no line breaks or escape sequences.
+        if self.signer.chars().any(char::is_control) {
+            return Err(field("signer", "must not hold control characters"));
+        }
         let signed_at =
             Timestamp::parse(&self.signed_at).map_err(|e| field("signed_at", &e.to_string()))?;
         let not_after =

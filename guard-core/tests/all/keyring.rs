@@ -61,6 +61,8 @@ fn every_keyring_vector_gives_its_expected_result() {
         "equivocation",
         "history_mismatch",
         "invalid_keyring",
+        "expired_key",
+        "invalid_request",
     ] {
         assert!(codes.contains(code), "no vector shows `{code}`");
     }

@@ -5,6 +5,9 @@ use serde::Deserialize;
 
 use crate::workspace;
 
+/// Inside the validity window of the vectors in `tests/vectors/templates`.
+const VALID_AT: &str = "2027-01-01T00:00:00Z";
+
 #[derive(Deserialize)]
 struct Vectors {
     vectors: Vec<Vector>,
@@ -62,7 +65,7 @@ fn verified_template_carries_the_signed_statement() {
     // PEM and DER of one key have one fingerprint.
     assert_eq!(key.fingerprint(), der_key.fingerprint());
     let template = fixture("template.txt");
-    let t = verify_template(&fixture("envelope.json"), &template, &key, None).unwrap();
+    let t = verify_template(&fixture("envelope.json"), &template, &key, Some(VALID_AT)).unwrap();
     assert_eq!(t.statement().template_id, "demo/support");
     assert_eq!(t.statement().version, 1);
     assert_eq!(t.text().as_bytes(), template.as_slice());
@@ -81,7 +84,7 @@ fn every_truncation_of_a_signature_is_refused() {
     for cut in (0..sig.len()).step_by(7) {
         let mut e = envelope.clone();
         e["signatures"][0]["sig"] = serde_json::Value::String(sig[..cut].to_string());
-        let result = verify_template(e.to_string().as_bytes(), &template, &key, None);
+        let result = verify_template(e.to_string().as_bytes(), &template, &key, Some(VALID_AT));
         assert!(
             result.is_err(),
             "signature cut to {cut} characters verified"
@@ -97,15 +100,31 @@ fn a_malformed_entry_does_not_veto_a_good_signature() {
         serde_json::from_slice(&fixture("envelope.json")).unwrap();
     let good = envelope["signatures"][0].clone();
     envelope["signatures"] = serde_json::json!([{"keyid": "junk", "sig": "AAAA"}, good]);
-    assert!(verify_template(envelope.to_string().as_bytes(), &template, &key, None).is_ok());
+    assert!(verify_template(
+        envelope.to_string().as_bytes(),
+        &template,
+        &key,
+        Some(VALID_AT)
+    )
+    .is_ok());
     // A well-formed signature that fails outranks a malformed one.
     let other = pkcs1_key("other.pub.pem");
-    let err =
-        verify_template(envelope.to_string().as_bytes(), &template, &other, None).unwrap_err();
+    let err = verify_template(
+        envelope.to_string().as_bytes(),
+        &template,
+        &other,
+        Some(VALID_AT),
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "unknown_key");
     // Named as the pinned key's, it is a bad signature.
     envelope["signatures"][1]["keyid"] = serde_json::json!(other.fingerprint());
-    let err =
-        verify_template(envelope.to_string().as_bytes(), &template, &other, None).unwrap_err();
+    let err = verify_template(
+        envelope.to_string().as_bytes(),
+        &template,
+        &other,
+        Some(VALID_AT),
+    )
+    .unwrap_err();
     assert_eq!(err.code(), "bad_signature");
 }

@@ -10,6 +10,9 @@ use serde_json::{json, Value};
 
 use crate::workspace;
 
+/// Inside the validity window of the vectors in `tests/vectors/templates`.
+const VALID_AT: &str = "2027-01-01T00:00:00Z";
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(workspace().join("tests/vectors/templates").join(name)).unwrap()
 }
@@ -93,7 +96,7 @@ fn a_verified_template_renders_into_trusted_and_untrusted_segments() {
         &fixture("envelope.json"),
         &fixture("template.txt"),
         &key,
-        None,
+        Some(VALID_AT),
     )
     .unwrap();
     let rendered = render(&verified, &schema(), &values("Acme", "Where is my parcel?")).unwrap();
@@ -129,7 +132,7 @@ fn every_variable_is_checked_before_rendering() {
         &fixture("envelope.json"),
         &fixture("template.txt"),
         &key,
-        None,
+        Some(VALID_AT),
     )
     .unwrap();
     let schema = schema();

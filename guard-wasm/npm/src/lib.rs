@@ -148,30 +148,27 @@ impl Guard {
     /// `{template, rendered?, assessment, profile}` as JSON; throws an `Error` with a `code` when
     /// the template, the schema, a variable or the request is refused.
     #[wasm_bindgen(js_name = guardJson)]
-    pub fn guard_json(&self, request: &str) -> Result<String, JsValue> {
+    pub fn guard_json(&self, request: JsString) -> Result<String, JsValue> {
+        let request = well_formed(request, "request")?;
         self.inner
-            .guard_json(request)
+            .guard_json(&request)
             .map_err(|e| error(e.code(), &e.to_string()))
     }
 
     /// Assesses a request given as JSON text; returns the `AssessmentOutput` as a JSON string.
     #[wasm_bindgen(js_name = assessJson)]
-    pub fn assess_json(&self, request: &str) -> Result<String, JsValue> {
+    pub fn assess_json(&self, request: JsString) -> Result<String, JsValue> {
+        let request = well_formed(request, "request")?;
         self.inner
-            .assess_json(request)
+            .assess_json(&request)
             .map_err(|e| error("invalid_input", &e.to_string()))
     }
 
     /// Assesses plain text as one untrusted segment.
     #[wasm_bindgen(js_name = assessText)]
-    pub fn assess_text(&self, text: JsString, now: &str) -> Result<String, JsValue> {
-        if !text.is_valid_utf16() {
-            return Err(error(
-                "lone_surrogate",
-                "text has a lone surrogate and is not valid Unicode",
-            ));
-        }
-        let text = String::from(text);
+    pub fn assess_text(&self, text: JsString, now: JsString) -> Result<String, JsValue> {
+        let text = well_formed(text, "text")?;
+        let now = well_formed(now, "now")?;
         Ok(self
             .inner
             .assess(&AssessmentInput::from_text(text, now))
@@ -220,6 +217,20 @@ pub fn verify_template(
 /// Returns the verification report as JSON (with `approvals` and the new `high_water`); throws an
 /// `Error` with a `code` on refusal.
 #[wasm_bindgen(js_name = verifyJson)]
-pub fn verify_json(request: &str) -> Result<String, JsValue> {
+pub fn verify_json(request: JsString) -> Result<String, JsValue> {
+    let request = well_formed(request, "request")?;
     guard_core::verify_request_json(request.as_bytes()).map_err(|e| error(e.code(), &e.to_string()))
+}
+
+/// A JavaScript string as Rust text, refused when it holds a lone surrogate: converting it would
+/// silently turn the surrogate into U+FFFD, and what is assessed or verified must be what was
+/// given.
+fn well_formed(text: JsString, what: &str) -> Result<String, JsValue> {
+    if !text.is_valid_utf16() {
+        return Err(error(
+            "lone_surrogate",
+            &format!("{what} has a lone surrogate and is not valid Unicode"),
+        ));
+    }
+    Ok(String::from(text))
 }

@@ -219,11 +219,17 @@ def main():
         keys=[{**a.record(), "valid_from": "2027-02-01T00:00:00Z"}])
     add("signed after the key's window", envelope(v1, [a]), "outside_key_window",
         keys=[a.record(valid_until="2026-12-01T00:00:00Z")])
-    add("key retired after signing still verifies", envelope(v1, [a]), "ok",
+    add("a retired key's signature, made while it served", envelope(v1, [a]), "expired_key",
         keys=[a.record(valid_until="2027-02-01T00:00:00Z")])
+    add("a key retired later than now", envelope(v1, [a]), "ok",
+        keys=[a.record(valid_until="2027-09-01T00:00:00Z")])
+    add("revoked under one encoding, offered under another", envelope(v1, [a_pss]), "revoked_key",
+        keys=[a.record(revoked_at="2027-03-01T00:00:00Z"), a_pss.record()])
 
     # Times.
     add("expired", envelope(v1, [a]), "expired", now="2028-01-01T00:00:00Z")
+    no_time = {"envelope": envelope(v1, [a]), "template": TEMPLATE, "keyring": {"keys": ring}}
+    vectors.append({"name": "no time to verify at", "request": no_time, "expect": "invalid_request"})
     future = payload_of(statement(signed_at="2027-06-01T00:10:00Z"))
     add("signed in the future beyond the skew", envelope(future, [a]), "not_yet_valid")
     add("signed in the future within the skew", envelope(future, [a]), "ok", max_skew_seconds=900)
@@ -263,6 +269,7 @@ def main():
         ("template id in NFC", body.replace("support/answer", "support/caf\u00e9")),
         ("unparseable body", body[:-1]),
         ("body that is not JSON at all", "not a statement"),
+        ("signer with an escape sequence", body.replace('"signer":"vectors"', '"signer":"vec\\u001b[2Jtors"')),
     ]
     for name, text in strict:
         add(f"signed, but {name}", envelope(text.encode(), [a]), "malformed_statement")
