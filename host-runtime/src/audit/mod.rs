@@ -68,6 +68,14 @@ pub enum AuditError {
     /// An envelope could not be recorded or bundled.
     #[error("{0}")]
     Envelope(String),
+    /// The log holds entries no signed checkpoint covers; nothing is appended on top of them.
+    #[error("the log holds {size} entries but its latest signed checkpoint covers {signed}: run `sigil audit verify`")]
+    Unsigned {
+        /// Entries held.
+        size: u64,
+        /// Entries the latest checkpoint covers.
+        signed: u64,
+    },
 }
 
 impl From<NoteError> for AuditError {
@@ -236,6 +244,22 @@ pub enum Problem {
         /// Its tree size.
         size: u64,
     },
+    /// Entries no signed checkpoint covers. Every append through the log signs its checkpoint
+    /// in the same transaction, so these were written some other way (a bulk import not yet
+    /// signed, or a forgery).
+    #[error("{entries} entries after the latest signed checkpoint (size {size}) are not signed")]
+    UnsignedEntries {
+        /// The latest signed checkpoint's size.
+        size: u64,
+        /// Entries past it.
+        entries: u64,
+    },
+    /// A row whose sequence number is not a sequence number.
+    #[error("a row's sequence number is not a whole number from 0: {reason}")]
+    InvalidRow {
+        /// What was found.
+        reason: String,
+    },
 }
 
 /// Most problems a report lists; past that they are counted in [`VerifyReport::omitted`].
@@ -373,6 +397,16 @@ impl AuditLog {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // What was signed last must be the whole log, or this checkpoint would sign entries
+        // nobody appended through it.
+        let size = store::next_seq(&tx)?;
+        let signed_size = store::latest_checkpoint(&tx)?.map_or(0, |(size, _)| size);
+        if size != signed_size {
+            return Err(AuditError::Unsigned {
+                size,
+                signed: signed_size,
+            });
+        }
         let appended = store::append(&tx, entry)?;
         let signed = checkpoint_in(&tx, &self.origin, signer)?;
         tx.commit()?;
@@ -548,6 +582,13 @@ impl AuditLog {
         let mut expected = 0u64;
         let mut stored_leaf_mismatch = Vec::new();
         store::for_each_row(&self.conn, |seq, bytes, stored_leaf| {
+            let seq = match seq {
+                Ok(seq) => seq,
+                Err(reason) => {
+                    problems.push(Problem::InvalidRow { reason });
+                    return Ok(());
+                }
+            };
             if seq != expected {
                 problems.push(Problem::Gap {
                     expected,
@@ -640,12 +681,19 @@ impl AuditLog {
         let omitted = problems.len().saturating_sub(MAX_PROBLEMS) as u64;
         problems.truncate(MAX_PROBLEMS);
         let latest_checkpoint = latest.map(|c| c.size);
+        let unsigned = entries.saturating_sub(latest_checkpoint.unwrap_or(0));
+        if unsigned > 0 && latest_checkpoint.is_some() {
+            problems.push(Problem::UnsignedEntries {
+                size: latest_checkpoint.unwrap_or(0),
+                entries: unsigned,
+            });
+        }
         Ok(VerifyReport {
             entries,
             checkpoints: checkpoints.len() as u64,
             latest_checkpoint,
             root,
-            unsigned_tail: entries.saturating_sub(latest_checkpoint.unwrap_or(0)),
+            unsigned_tail: unsigned,
             external_checkpoint: external.map(|c| c.size),
             problems,
             omitted,

@@ -296,20 +296,37 @@ pub(super) fn for_each_entry(
     conn: &Connection,
     mut f: impl FnMut(u64, &[u8]) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
-    for_each_row(conn, |seq, bytes, _| f(seq, bytes))
+    for_each_row(conn, |seq, bytes, _| match seq {
+        Ok(seq) => f(seq, bytes),
+        Err(found) => Err(AuditError::Range(format!(
+            "a row's sequence number is {found}; run `sigil audit verify`"
+        ))),
+    })
 }
 
 /// Every entry row in order: sequence number, stored bytes, stored leaf hash.
 pub(super) fn for_each_row(
     conn: &Connection,
-    mut f: impl FnMut(u64, &[u8], Option<Hash>) -> Result<(), AuditError>,
+    mut f: impl FnMut(Result<u64, String>, &[u8], Option<Hash>) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
     let mut stmt = conn.prepare("SELECT seq, entry, leaf_hash FROM audit_entries ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let seq = u64::try_from(seq)
-            .map_err(|_| AuditError::Range(format!("negative sequence number {seq}")))?;
+        // A row someone rewrote may hold anything in its sequence column: that is tampering to
+        // report, not an error that stops the check.
+        let seq = match row.get_ref(0)? {
+            ValueRef::Integer(n) => u64::try_from(n).map_err(|_| format!("{n}")),
+            ValueRef::Real(x) => Err(format!("{x}")),
+            ValueRef::Text(t) => Err(format!(
+                "`{}`",
+                String::from_utf8_lossy(t)
+                    .chars()
+                    .take(40)
+                    .collect::<String>()
+            )),
+            ValueRef::Blob(_) => Err("a blob".to_string()),
+            ValueRef::Null => Err("null".to_string()),
+        };
         let bytes = value_bytes(row.get_ref(1)?);
         let leaf = match row.get_ref(2)? {
             ValueRef::Blob(b) => to_hash(b),

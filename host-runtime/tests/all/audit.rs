@@ -12,7 +12,7 @@ use guard_core::transparency::{
     MemoryTree, NoteVerifier, OfflineBundle,
 };
 use guard_core::{Envelope, PinnedKey, Scheme};
-use host_runtime::audit::{pseudonym, AuditLog, NewEntry, Problem};
+use host_runtime::audit::{pseudonym, AuditError, AuditLog, NewEntry, Problem};
 use host_runtime::signer::{LocalSigner, Signer};
 use rusqlite::params;
 
@@ -154,7 +154,10 @@ fn appends_and_proofs_round_trip_through_the_guard_core_verifier() {
             notes.insert(a.tree_size, signed.note);
             a
         } else {
-            log.append(entry(i)).unwrap()
+            // An entry appended alone is signed before anything is appended on top of it.
+            let a = log.append(entry(i)).unwrap();
+            log.sign_checkpoint(&f.signer).unwrap();
+            a
         };
         assert_eq!(appended.seq, i);
         // The leaf is the hash of the stored bytes, which are the entry's one serialization.
@@ -324,6 +327,22 @@ fn an_intact_log_verifies_and_the_cli_says_so() {
     assert_eq!(text(&cp.stdout), f.note_at(12));
     let consistency = sigil(&["audit", "proof", "--data-dir", dir, "--from", "5"]);
     assert_eq!(consistency.status.code(), Some(0));
+}
+
+/// A sequence number rewritten to something that is not one is tampering (exit 1), not an error.
+#[test]
+fn a_rewritten_sequence_number_is_tampering() {
+    for value in ["-1", "2.5", "'x'", "NULL"] {
+        let f = Fixture::with_entries(4);
+        let conn = f.raw();
+        conn.execute(
+            &format!("UPDATE audit_entries SET seq = {value} WHERE seq = 2"),
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        assert_tampered(&f, None, |p| matches!(p, Problem::InvalidRow { .. }));
+    }
 }
 
 #[test]
@@ -538,6 +557,33 @@ fn deleted_checkpoints_are_reported() {
     assert_tampered(&f, None, |p| {
         matches!(p, Problem::NoCheckpoint { entries: 3 })
     });
+}
+
+/// An entry no checkpoint covers is reported, and nothing is signed on top of it: a row forged
+/// after the latest checkpoint can neither pass as intact nor be signed by the next publish.
+#[test]
+fn an_unsigned_tail_is_reported_and_never_signed_over() {
+    let f = Fixture::with_entries(3);
+    let mut log = f.log();
+    log.append(entry(3)).unwrap();
+    let report = log.verify(&f.verifier(), None).unwrap();
+    assert!(
+        report.problems.iter().any(|p| matches!(
+            p,
+            Problem::UnsignedEntries {
+                size: 3,
+                entries: 1
+            }
+        )),
+        "{:?}",
+        report.problems
+    );
+    let refused = log.append_and_checkpoint(entry(4), &f.signer).unwrap_err();
+    assert!(
+        matches!(refused, AuditError::Unsigned { size: 4, signed: 3 }),
+        "{refused:?}"
+    );
+    assert_eq!(log.size().unwrap(), 4, "nothing was appended");
 }
 
 #[test]
