@@ -318,17 +318,56 @@ fn placeholder_stage(text: &str, schema: &[u8]) -> (StageResult, Option<String>)
     (failed_if_any(Stage::Placeholders, issues), digest)
 }
 
-/// Emoji presentation selectors and the joiner inside emoji sequences are how emoji are
-/// written; everything else invisible has no business in a template.
-fn is_emoji_part(c: char, previous: Option<char>) -> bool {
-    matches!(c, '\u{FE0E}' | '\u{FE0F}' | '\u{200D}')
-        && previous.is_some_and(|p| u32::from(p) >= 0x2000 && !p.is_alphanumeric())
+/// Characters emoji are built from: pictographs, symbols and skin-tone modifiers.
+fn is_emoji(c: char) -> bool {
+    matches!(u32::from(c), 0x2190..=0x21FF | 0x2300..=0x23FF | 0x2600..=0x27BF | 0x2B00..=0x2BFF | 0x1F000..=0x1FAFF)
+}
+
+/// Letters of the scripts whose spelling needs the zero-width (non-)joiner: Arabic, Persian,
+/// Urdu, and the Indic scripts.
+fn joins_letters(c: char) -> bool {
+    matches!(u32::from(c), 0x0600..=0x06FF | 0x0750..=0x077F | 0x08A0..=0x08FF | 0x0900..=0x0DFF | 0xFB50..=0xFDFF | 0xFE70..=0xFEFF)
+}
+
+/// How emoji and some scripts are written, not hidden text: a presentation selector right after
+/// an emoji or a keycap base; a joiner between two emoji (after at most one selector); a
+/// (non-)joiner between two letters of a script that needs it. `run` is the invisible characters
+/// since `visible`, the last visible one, and `selector_only` whether they were one selector.
+/// Anything longer is a run that carries nothing a reader sees.
+fn is_written_with(
+    c: char,
+    visible: Option<char>,
+    run: usize,
+    selector_only: bool,
+    next: Option<char>,
+) -> bool {
+    match c {
+        '\u{FE0E}' | '\u{FE0F}' => {
+            run == 0 && visible.is_some_and(|p| is_emoji(p) || matches!(p, '0'..='9' | '#' | '*'))
+        }
+        '\u{200D}' => {
+            (visible.is_some_and(is_emoji)
+                && (run == 0 || (run == 1 && selector_only))
+                && next.is_some_and(is_emoji))
+                || (run == 0
+                    && visible.is_some_and(joins_letters)
+                    && next.is_some_and(joins_letters))
+        }
+        '\u{200C}' => {
+            run == 0 && visible.is_some_and(joins_letters) && next.is_some_and(joins_letters)
+        }
+        _ => false,
+    }
 }
 
 fn hidden_text_stage(text: &str, analysis: &AssessmentOutput) -> StageResult {
     let mut issues = Vec::new();
-    let mut previous = None;
-    for (at, c) in text.char_indices() {
+    let mut visible = None;
+    let mut run = 0;
+    let mut selector_only = false;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        let next = chars.peek().map(|&(_, n)| n);
         let span = Some([at, at + c.len_utf8()]);
         let code = u32::from(c);
         let found = if (0xE0000..=0xE007F).contains(&code) {
@@ -342,7 +381,9 @@ fn hidden_text_stage(text: &str, analysis: &AssessmentOutput) -> StageResult {
                 "bidi_control",
                 "a bidirectional control (can make text read differently on screen)",
             ))
-        } else if guard_core::text::normalize::is_invisible(c) && !is_emoji_part(c, previous) {
+        } else if (guard_core::text::normalize::is_invisible(c) || c == '\u{2800}')
+            && !is_written_with(c, visible, run, selector_only, next)
+        {
             Some(("invisible_character", "an invisible character"))
         } else if c.is_control() && !matches!(c, '\n' | '\t' | '\r') {
             Some(("control_character", "a control character"))
@@ -356,7 +397,14 @@ fn hidden_text_stage(text: &str, analysis: &AssessmentOutput) -> StageResult {
                 span,
             ));
         }
-        previous = Some(c);
+        if guard_core::text::normalize::is_invisible(c) {
+            selector_only = run == 0 && matches!(c, '\u{FE0E}' | '\u{FE0F}');
+            run += 1;
+        } else {
+            visible = Some(c);
+            run = 0;
+            selector_only = false;
+        }
     }
     // What the guard decoded, and links that would carry data out.
     for finding in &analysis.assessment.findings {
@@ -404,6 +452,20 @@ fn hidden_text_stage(text: &str, analysis: &AssessmentOutput) -> StageResult {
             Some([m.start(), m.end()]),
         ));
     }
+    for p in hidden_markup_patterns() {
+        for m in p.regex.find_iter(text) {
+            issues.push(issue(
+                p.code,
+                format!(
+                    "{} at byte {}: `{}`",
+                    p.what,
+                    m.start(),
+                    excerpt(m.as_str())
+                ),
+                Some([m.start(), m.end()]),
+            ));
+        }
+    }
     issues.sort_by_key(|i| i.span.map_or(0, |s| s[0]));
     issues.dedup_by(|a, b| a.code == b.code && a.span == b.span);
     failed_if_any(Stage::HiddenText, issues)
@@ -430,9 +492,17 @@ fn analysis_stage(analysis: &AssessmentOutput) -> StageResult {
             )
         })
         .collect();
+    // The model is trained on what users send; a system prompt's own defences ("never reveal
+    // these instructions") read like the attacks they defend against. Without a rule finding,
+    // its verdict alone is a warning for the reviewer, not a refusal.
+    let model_only = assessment
+        .findings
+        .iter()
+        .all(|f| f.source == guard_core::FindingSource::Model);
     let status = match assessment.action {
         Action::Allow => Status::Passed,
         Action::Warn => Status::Warned,
+        _ if model_only => Status::Warned,
         _ => Status::Failed,
     };
     let mut stage = result(Stage::Analysis, status, issues);
@@ -472,7 +542,7 @@ fn compile(list: &[(&'static str, &'static str, &str)]) -> Vec<Pattern> {
 }
 
 /// Credentials by the shapes their issuers give them.
-const SECRET_PATTERNS: [(&str, &str, &str); 10] = [
+const SECRET_PATTERNS: [(&str, &str, &str); 14] = [
     (
         "private_key",
         "a private key",
@@ -484,34 +554,50 @@ const SECRET_PATTERNS: [(&str, &str, &str); 10] = [
         r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
     ),
     (
+        "aws_secret_key",
+        "an AWS secret access key",
+        r#"(?i)aws_?secret_?access_?key["']?\s*[:=]\s*["']?[A-Za-z0-9/+=]{40}"#,
+    ),
+    // Tokens are often embedded in longer names (`key_ghp_…`), so no word boundary before them.
+    (
         "github_token",
         "a GitHub token",
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b",
+        r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})",
     ),
     (
         "slack_token",
         "a Slack token",
-        r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b",
-    ),
-    (
-        "openai_key",
-        "an OpenAI-style API key",
-        r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}\b",
+        r"xox[abposr]-[A-Za-z0-9-]{10,}",
     ),
     (
         "anthropic_key",
         "an Anthropic API key",
-        r"\bsk-ant-[A-Za-z0-9_-]{20,}\b",
+        r"sk-ant-[A-Za-z0-9_-]{20,}",
+    ),
+    (
+        "openai_key",
+        "an OpenAI-style API key",
+        r"sk-(?:proj-)?[A-Za-z0-9_-]{20,}",
     ),
     (
         "google_api_key",
         "a Google API key",
-        r"\bAIza[0-9A-Za-z_-]{35}\b",
+        r"AIza[0-9A-Za-z_-]{35}",
     ),
     (
         "stripe_key",
         "a Stripe secret key",
-        r"\b[sr]k_live_[0-9A-Za-z]{20,}\b",
+        r"[sr]k_live_[0-9A-Za-z]{20,}",
+    ),
+    (
+        "azure_key",
+        "an Azure storage account key",
+        r"(?i)AccountKey=[A-Za-z0-9+/=]{20,}",
+    ),
+    (
+        "bearer_token",
+        "a bearer token",
+        r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{20,}=*",
     ),
     (
         "jwt",
@@ -519,11 +605,28 @@ const SECRET_PATTERNS: [(&str, &str, &str); 10] = [
         r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
     ),
     (
+        "url_credentials",
+        "a password inside an address",
+        r"\b[a-z][a-z0-9+.-]*://[^\s:/@]+:[^\s@/]+@",
+    ),
+    (
         "password_assignment",
         "a password written into the text",
-        r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token)\s*[:=]\s*[^\s{}]{6,}",
+        r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|token)["']?\s*[:=]\s*["']?[^\s{}"']{6,}"#,
     ),
 ];
+
+/// Whether a `password: …`-shaped match holds something secret-like, not prose
+/// (`password: explain the reset procedure`): a digit or a symbol in the value.
+fn looks_secret(assignment: &str) -> bool {
+    let value = assignment
+        .split_once([':', '='])
+        .map_or("", |(_, v)| v)
+        .trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
+    value
+        .chars()
+        .any(|c| c.is_ascii_digit() || "!#$%&*+/<>?@^_|~-".contains(c))
+}
 
 /// Personal data: e-mail addresses and phone numbers.
 const PERSONAL_DATA_PATTERNS: [(&str, &str, &str); 3] = [
@@ -549,6 +652,11 @@ fn secret_patterns() -> &'static [Pattern] {
     PATTERNS.get_or_init(|| compile(&SECRET_PATTERNS))
 }
 
+fn hidden_markup_patterns() -> &'static [Pattern] {
+    static PATTERNS: OnceLock<Vec<Pattern>> = OnceLock::new();
+    PATTERNS.get_or_init(|| compile(&HIDDEN_MARKUP))
+}
+
 fn personal_data_patterns() -> &'static [Pattern] {
     static PATTERNS: OnceLock<Vec<Pattern>> = OnceLock::new();
     PATTERNS.get_or_init(|| compile(&PERSONAL_DATA_PATTERNS))
@@ -558,6 +666,37 @@ fn personal_data_patterns() -> &'static [Pattern] {
 const LINK_WITH_PLACEHOLDER: &str = r"(?:\]\(|\b(?:https?|ftp)://)[^\s)]*\{\{[^}]*\}\}[^\s)]*";
 /// A markdown image from a remote address.
 const REMOTE_IMAGE: &str = r"!\[[^\]]*\]\(\s*(?:https?:)?//[^)]*\)";
+
+/// Markup a model reads and a reader of the rendered text does not see, and images fetched when
+/// shown, as (code, what, pattern).
+const HIDDEN_MARKUP: [(&str, &str, &str); 6] = [
+    ("hidden_markup", "an HTML comment", r"(?s)<!--.*?-->"),
+    (
+        "hidden_markup",
+        "a markdown comment",
+        r"(?m)^[ \t]*\[(?://|comment)\]:\s*(?:#|<>)",
+    ),
+    (
+        "hidden_markup",
+        "styling that hides text",
+        r"(?i)(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?:px|pt|em)?\b|opacity\s*:\s*0(?:\.0+)?\b|<[a-z]+[^>]*\bhidden\b)",
+    ),
+    (
+        "remote_image",
+        "an HTML image from a remote address, fetched when shown",
+        r#"(?i)<img\b[^>]*\bsrc\s*=\s*["']?\s*(?:https?:)?//"#,
+    ),
+    (
+        "remote_image",
+        "a reference-style markdown image (its address is defined elsewhere)",
+        r"!\[[^\]]*\]\[[^\]]*\]",
+    ),
+    (
+        "padding",
+        "a long run of blank space that pushes text out of view",
+        r"[ \t]{64,}|(?:[ \t]*\n){16,}",
+    ),
+];
 
 /// Matches of a constant pattern; the tests compile every one, so none is skipped in a release.
 fn matches_of<'t>(
@@ -575,8 +714,10 @@ fn pattern_stage(stage: Stage, text: &str, patterns: &[Pattern], allowed: bool) 
     let mut issues = Vec::new();
     for p in patterns {
         for m in p.regex.find_iter(text) {
-            // Placeholders are not data.
-            if m.as_str().contains("{{") {
+            // Placeholders are not data, and prose about passwords is not a password.
+            if m.as_str().contains("{{")
+                || (p.code == "password_assignment" && !looks_secret(m.as_str()))
+            {
                 continue;
             }
             issues.push(issue(
@@ -718,6 +859,7 @@ mod tests {
     fn every_constant_pattern_compiles() {
         assert_eq!(secret_patterns().len(), SECRET_PATTERNS.len());
         assert_eq!(personal_data_patterns().len(), PERSONAL_DATA_PATTERNS.len());
+        assert_eq!(hidden_markup_patterns().len(), HIDDEN_MARKUP.len());
         assert!(Regex::new(LINK_WITH_PLACEHOLDER).is_ok());
         assert!(Regex::new(REMOTE_IMAGE).is_ok());
     }
