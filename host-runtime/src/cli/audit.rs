@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use guard_core::transparency::{AuditEntry, MAX_BUNDLE_BYTES};
+use guard_core::transparency::{AuditEntry, EntryKind, MAX_BUNDLE_BYTES};
 use guard_core::{Envelope, PinnedKey, Scheme};
 
 use super::template::SchemeArg;
@@ -140,6 +140,17 @@ pub struct PublishArgs {
     /// The signed template's envelope (JSON).
     #[arg(long, value_name = "FILE")]
     envelope: PathBuf,
+    /// The template the envelope signs: it is verified (inside the guard) before anything is
+    /// recorded.
+    #[arg(long, value_name = "FILE")]
+    template: PathBuf,
+    /// The public key the envelope must verify under. Without it,
+    /// `<data-dir>/keys/signing-key.pub.pem`.
+    #[arg(long, value_name = "PUBLIC.pem")]
+    template_key: Option<PathBuf>,
+    /// The template key's scheme.
+    #[arg(long, value_enum, default_value_t = SchemeArg::RsassaPkcs1v15Sha256)]
+    template_scheme: SchemeArg,
     /// Who publishes: `role:<role>` or a pseudonym `psn:<32 hex>`; never a name or address.
     #[arg(long, default_value = "role:publisher")]
     actor: String,
@@ -404,7 +415,34 @@ fn read_envelope(path: &Path) -> Result<Envelope> {
 fn publish(args: PublishArgs) -> Result<ExitCode> {
     let envelope = read_envelope(&args.envelope)?;
     let signer = args.at.signing_key(&args.signing_key)?;
-    let entry = NewEntry::template_published(&envelope, &args.actor, &now_utc())?;
+    // Only a template that verifies is recorded as published.
+    let template = read_limited(
+        &args.template,
+        "template",
+        guard_core::provenance::MAX_TEMPLATE_BYTES as u64,
+    )?;
+    let key_path = args
+        .template_key
+        .clone()
+        .unwrap_or_else(|| args.at.data_dir.join("keys/signing-key.pub.pem"));
+    let key = read_limited(&key_path, "public key", 1 << 20)?;
+    let envelope_json = serde_json::to_vec(&envelope)?;
+    let engine = crate::engine::GuardEngine::new("{}", crate::engine::EngineLimits::default())?;
+    let now = now_utc();
+    let scheme = match args.template_scheme {
+        SchemeArg::RsassaPkcs1v15Sha256 => crate::engine::Scheme::RsassaPkcs1v15Sha256,
+        SchemeArg::RsassaPssSha256 => crate::engine::Scheme::RsassaPssSha256,
+    };
+    if let Err(refusal) =
+        engine.verify_template(&envelope_json, &template, &key, scheme, Some(&now))?
+    {
+        eprintln!(
+            "refused ({}): {}; nothing was recorded",
+            refusal.code, refusal.message
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let entry = NewEntry::template_published(&envelope, &args.actor, &now)?;
     let db = args.at.db();
     if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -412,6 +450,10 @@ fn publish(args: PublishArgs) -> Result<ExitCode> {
     }
     let mut log = AuditLog::open_with_origin(&db, args.origin.as_deref())
         .with_context(|| format!("cannot open `{}`", db.display()))?;
+    if let Some(conflict) = history_conflict(&log, &entry)? {
+        eprintln!("refused: {conflict}; nothing was recorded");
+        return Ok(ExitCode::from(1));
+    }
     let (appended, signed) = log.append_and_checkpoint(entry, &signer)?;
     outln!(
         "published    entry {} ({})",
@@ -424,6 +466,65 @@ fn publish(args: PublishArgs) -> Result<ExitCode> {
         STANDARD.encode(signed.checkpoint.root)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the log already holds this template at this version or a later one: publishing
+/// again, publishing another text under a version, or an older version after a newer one would
+/// make the record say two things.
+fn history_conflict(log: &AuditLog, entry: &NewEntry) -> Result<Option<String>> {
+    let Some((id, version)) = entry
+        .subject
+        .as_deref()
+        .and_then(|s| s.rsplit_once('@'))
+        .and_then(|(id, v)| Some((id.to_string(), v.parse::<u64>().ok()?)))
+    else {
+        return Ok(None);
+    };
+    let digest = entry.digests.get("template").cloned().unwrap_or_default();
+    let mut from = 0;
+    loop {
+        let page = log.entries(from, 1000)?;
+        let Some(&(last, _)) = page.last() else {
+            return Ok(None);
+        };
+        for (_, bytes) in &page {
+            let Ok(old) = AuditEntry::from_leaf_bytes(bytes) else {
+                continue;
+            };
+            if old.kind != EntryKind::TemplatePublished {
+                continue;
+            }
+            let Some((old_id, old_version)) = old
+                .subject
+                .as_deref()
+                .and_then(|s| s.rsplit_once('@'))
+                .and_then(|(i, v)| Some((i, v.parse::<u64>().ok()?)))
+            else {
+                continue;
+            };
+            if old_id != id {
+                continue;
+            }
+            let old_digest = old
+                .digests
+                .get("template")
+                .map(String::as_str)
+                .unwrap_or("");
+            if old_version == version && old_digest != digest {
+                return Ok(Some(format!(
+                    "`{id}` v{version} was published (entry {}) with another text",
+                    old.seq
+                )));
+            }
+            if old_version >= version {
+                return Ok(Some(format!(
+                    "`{id}` v{old_version} is already published (entry {}); a version is published once, in order",
+                    old.seq
+                )));
+            }
+        }
+        from = last + 1;
+    }
 }
 
 fn bundle(args: BundleArgs) -> Result<ExitCode> {

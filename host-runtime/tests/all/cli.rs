@@ -961,3 +961,102 @@ fn template_validate_reports_each_stage_and_exits_by_the_verdict() {
     ]);
     assert_eq!(bad_id.status.code(), Some(2));
 }
+
+#[test]
+fn audit_publish_records_only_verified_templates_in_version_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let data = p(".sigil");
+    assert!(sigil(&[
+        "keys",
+        "generate",
+        "--out",
+        &p(".sigil/keys"),
+        "--bits",
+        "2048"
+    ])
+    .status
+    .success());
+    std::fs::write(d.join("schema.json"), r#"{"q": {"type": "string"}}"#).unwrap();
+    let sign = |template: &str, body: &str, version: &str, prev: Option<&str>, out: &str| {
+        std::fs::write(d.join(template), body).unwrap();
+        let mut args = vec![
+            "template".to_string(),
+            "sign".into(),
+            "--template".into(),
+            p(template),
+            "--key".into(),
+            p(".sigil/keys/signing-key.pem"),
+            "--id".into(),
+            "qa/answer".into(),
+            "--version".into(),
+            version.into(),
+            "--variables".into(),
+            p("schema.json"),
+            "--out".into(),
+            p(out),
+        ];
+        if let Some(prev) = prev {
+            args.extend(["--prev".to_string(), p(prev)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sigil(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let publish = |envelope: &str, template: &str| {
+        sigil(&[
+            "audit",
+            "publish",
+            "--data-dir",
+            &data,
+            "--envelope",
+            &p(envelope),
+            "--template",
+            &p(template),
+        ])
+    };
+    sign("v1.txt", "Answer: {{q}}\n", "1", None, "v1.json");
+    let first = publish("v1.json", "v1.txt");
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    // The same version again, and a changed text, are refused; nothing is recorded.
+    let again = publish("v1.json", "v1.txt");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("already published"),
+        "{}",
+        text(&again.stderr)
+    );
+    std::fs::write(d.join("changed.txt"), "Answer briefly: {{q}}\n").unwrap();
+    let changed = publish("v1.json", "changed.txt");
+    assert_eq!(changed.status.code(), Some(1));
+    assert!(
+        text(&changed.stderr).contains("digest_mismatch"),
+        "{}",
+        text(&changed.stderr)
+    );
+    // A forged signature is refused.
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("v1.json")).unwrap()).unwrap();
+    forged["signatures"][0]["sig"] = serde_json::json!("AAAA");
+    std::fs::write(d.join("forged.json"), forged.to_string()).unwrap();
+    assert_eq!(publish("forged.json", "v1.txt").status.code(), Some(1));
+    // Version 2 follows; version 1 after it does not.
+    sign(
+        "v2.txt",
+        "Answer politely: {{q}}\n",
+        "2",
+        Some("v1.txt"),
+        "v2.json",
+    );
+    assert_eq!(publish("v2.json", "v2.txt").status.code(), Some(0));
+    assert_eq!(publish("v1.json", "v1.txt").status.code(), Some(1));
+    let verify = sigil(&["audit", "verify", "--data-dir", &data]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
+    let show = sigil(&["audit", "show", "--data-dir", &data]);
+    let listing = text(&show.stdout);
+    assert!(
+        listing.contains("qa/answer@1") && listing.contains("qa/answer@2"),
+        "{listing}"
+    );
+}
