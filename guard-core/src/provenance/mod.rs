@@ -10,7 +10,6 @@
 
 mod dsse;
 mod keyring;
-mod montgomery;
 pub(crate) mod request;
 mod rsa_verify;
 mod statement;

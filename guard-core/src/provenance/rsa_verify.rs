@@ -5,9 +5,9 @@
 //! parameters are computed once per pinned key; with e = 65537 a verification is 16 squarings
 //! and one multiplication.
 
+use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
+use crypto_bigint::{BoxedUint, Odd};
 use sha2::{Digest as _, Sha256};
-
-use super::montgomery::Modulus;
 
 /// DER of `DigestInfo` for SHA-256, up to the digest itself (RFC 8017, section 9.2, note 1).
 const SHA256_DIGEST_INFO: [u8; 19] = [
@@ -19,9 +19,10 @@ const HASH_LEN: usize = 32;
 const PSS_SALT_LEN: usize = 32;
 
 /// An RSA public key with exponent 65537, ready for repeated verification.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub(super) struct RsaVerifier {
-    modulus: Modulus,
+    modulus: BoxedUint,
+    params: BoxedMontyParams,
     /// Modulus length in bytes: the length of every signature.
     len: usize,
     /// Modulus length in bits.
@@ -36,6 +37,14 @@ impl std::fmt::Debug for RsaVerifier {
     }
 }
 
+impl PartialEq for RsaVerifier {
+    fn eq(&self, other: &Self) -> bool {
+        self.modulus == other.modulus
+    }
+}
+
+impl Eq for RsaVerifier {}
+
 impl RsaVerifier {
     /// From the big-endian modulus; `None` unless it is odd and longer than one byte.
     pub(super) fn new(modulus_be: &[u8]) -> Option<Self> {
@@ -44,8 +53,13 @@ impl RsaVerifier {
             .unwrap_or_default();
         let len = trimmed.len();
         let bits = len * 8 - trimmed.first().map_or(8, |b| b.leading_zeros() as usize);
+        let precision = u32::try_from(len * 8).ok()?;
+        let modulus = BoxedUint::from_be_slice(trimmed, precision).ok()?;
+        let odd: Option<Odd<BoxedUint>> = Odd::new(modulus.clone()).into();
+        let params = BoxedMontyParams::new_vartime(odd?);
         Some(RsaVerifier {
-            modulus: Modulus::new(trimmed)?,
+            modulus,
+            params,
             len,
             bits,
         })
@@ -62,7 +76,24 @@ impl RsaVerifier {
         if signature.len() != self.len {
             return None;
         }
-        self.modulus.pow_65537(signature, self.len)
+        let precision = self.modulus.bits_precision();
+        let s = BoxedUint::from_be_slice(signature, precision).ok()?;
+        if s >= self.modulus {
+            return None;
+        }
+        let base = BoxedMontyForm::new(s, &self.params);
+        let mut power = base.clone();
+        for _ in 0..16 {
+            power = power.square();
+        }
+        let m = power.mul(&base).retrieve();
+        let bytes = m.to_be_bytes();
+        // The precision may round up to whole limbs: keep the low `len` bytes.
+        let start = bytes.len().checked_sub(self.len)?;
+        if bytes.get(..start)?.iter().any(|&b| b != 0) {
+            return None;
+        }
+        bytes.get(start..).map(<[u8]>::to_vec)
     }
 
     /// RSASSA-PKCS1-v1_5 with SHA-256: the expected encoding, built and compared whole, so no
