@@ -430,28 +430,6 @@ fn hidden_text_stage(text: &str, analysis: &AssessmentOutput) -> StageResult {
             ));
         }
     }
-    static LINKS: OnceLock<Option<Regex>> = OnceLock::new();
-    static IMAGES: OnceLock<Option<Regex>> = OnceLock::new();
-    for m in matches_of(&LINKS, LINK_WITH_PLACEHOLDER, text) {
-        issues.push(issue(
-            "exfiltration_link",
-            format!(
-                "a link or image whose address is built from a variable: `{}`",
-                excerpt(m.as_str())
-            ),
-            Some([m.start(), m.end()]),
-        ));
-    }
-    for m in matches_of(&IMAGES, REMOTE_IMAGE, text) {
-        issues.push(issue(
-            "remote_image",
-            format!(
-                "a markdown image from a remote address, fetched when shown: `{}`",
-                excerpt(m.as_str())
-            ),
-            Some([m.start(), m.end()]),
-        ));
-    }
     for p in hidden_markup_patterns() {
         for m in p.regex.find_iter(text) {
             issues.push(issue(
@@ -662,14 +640,20 @@ fn personal_data_patterns() -> &'static [Pattern] {
     PATTERNS.get_or_init(|| compile(&PERSONAL_DATA_PATTERNS))
 }
 
-/// An address (markdown link or image target, or a bare URL) with a `{{placeholder}}` in it.
-const LINK_WITH_PLACEHOLDER: &str = r"(?:\]\(|\b(?:https?|ftp)://)[^\s)]*\{\{[^}]*\}\}[^\s)]*";
-/// A markdown image from a remote address.
-const REMOTE_IMAGE: &str = r"!\[[^\]]*\]\(\s*(?:https?:)?//[^)]*\)";
-
-/// Markup a model reads and a reader of the rendered text does not see, and images fetched when
-/// shown, as (code, what, pattern).
-const HIDDEN_MARKUP: [(&str, &str, &str); 6] = [
+/// Markup a model reads and a reader of the rendered text does not see, addresses that would
+/// carry data out, and images fetched when shown, as (code, what, pattern).
+const HIDDEN_MARKUP: [(&str, &str, &str); 8] = [
+    // An address (markdown link or image target, or a bare URL) with a `{{placeholder}}` in it.
+    (
+        "exfiltration_link",
+        "a link or image whose address is built from a variable",
+        r"(?:\]\(|\b(?:https?|ftp)://)[^\s)]*\{\{[^}]*\}\}[^\s)]*",
+    ),
+    (
+        "remote_image",
+        "a markdown image from a remote address, fetched when shown",
+        r"!\[[^\]]*\]\(\s*(?:https?:)?//[^)]*\)",
+    ),
     ("hidden_markup", "an HTML comment", r"(?s)<!--.*?-->"),
     (
         "hidden_markup",
@@ -697,18 +681,6 @@ const HIDDEN_MARKUP: [(&str, &str, &str); 6] = [
         r"[ \t]{64,}|(?:[ \t]*\n){16,}",
     ),
 ];
-
-/// Matches of a constant pattern; the tests compile every one, so none is skipped in a release.
-fn matches_of<'t>(
-    cell: &'static OnceLock<Option<Regex>>,
-    pattern: &str,
-    text: &'t str,
-) -> Vec<regex_lite::Match<'t>> {
-    cell.get_or_init(|| Regex::new(pattern).ok())
-        .as_ref()
-        .map(|re| re.find_iter(text).collect())
-        .unwrap_or_default()
-}
 
 fn pattern_stage(stage: Stage, text: &str, patterns: &[Pattern], allowed: bool) -> StageResult {
     let mut issues = Vec::new();
@@ -860,8 +832,6 @@ mod tests {
         assert_eq!(secret_patterns().len(), SECRET_PATTERNS.len());
         assert_eq!(personal_data_patterns().len(), PERSONAL_DATA_PATTERNS.len());
         assert_eq!(hidden_markup_patterns().len(), HIDDEN_MARKUP.len());
-        assert!(Regex::new(LINK_WITH_PLACEHOLDER).is_ok());
-        assert!(Regex::new(REMOTE_IMAGE).is_ok());
     }
 
     #[test]

@@ -21,6 +21,19 @@ fn schema() -> VariableSchema {
     VariableSchema::from_json(&fixture("variables.json")).unwrap()
 }
 
+/// The vectors' signed template, verified.
+fn verified() -> guard_core::VerifiedTemplate {
+    let key =
+        PinnedKey::from_spki(&fixture("signer.pub.pem"), Scheme::RsassaPkcs1v15Sha256).unwrap();
+    verify_template(
+        &fixture("envelope.json"),
+        &fixture("template.txt"),
+        &key,
+        Some(VALID_AT),
+    )
+    .unwrap()
+}
+
 fn values(company: &str, question: &str) -> BTreeMap<String, Value> {
     BTreeMap::from([
         ("company".to_string(), json!(company)),
@@ -90,15 +103,7 @@ fn schemas_are_parsed_strictly_and_digested_canonically() {
 
 #[test]
 fn a_verified_template_renders_into_trusted_and_untrusted_segments() {
-    let key =
-        PinnedKey::from_spki(&fixture("signer.pub.pem"), Scheme::RsassaPkcs1v15Sha256).unwrap();
-    let verified = verify_template(
-        &fixture("envelope.json"),
-        &fixture("template.txt"),
-        &key,
-        Some(VALID_AT),
-    )
-    .unwrap();
+    let verified = verified();
     let rendered = render(&verified, &schema(), &values("Acme", "Where is my parcel?")).unwrap();
     let template = String::from_utf8(fixture("template.txt")).unwrap();
     let expected = template
@@ -126,15 +131,7 @@ fn a_verified_template_renders_into_trusted_and_untrusted_segments() {
 
 #[test]
 fn every_variable_is_checked_before_rendering() {
-    let key =
-        PinnedKey::from_spki(&fixture("signer.pub.pem"), Scheme::RsassaPkcs1v15Sha256).unwrap();
-    let verified = verify_template(
-        &fixture("envelope.json"),
-        &fixture("template.txt"),
-        &key,
-        Some(VALID_AT),
-    )
-    .unwrap();
+    let verified = verified();
     let schema = schema();
     let code = |v: BTreeMap<String, Value>| render(&verified, &schema, &v).unwrap_err().code();
     assert_eq!(code(values("Acme", &"x".repeat(2001))), "invalid_value");
