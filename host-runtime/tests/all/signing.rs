@@ -45,7 +45,9 @@ pub fn verify_at(
     now: Option<&str>,
 ) -> Result<VerifiedTemplate, VerifyError> {
     let key = PinnedKey::from_spki(spki, scheme)?;
-    guard_core::verify_template(envelope, template, &key, now)
+    // Without a time given, the time the envelopes were made: now.
+    let current = host_runtime::cli::now_utc();
+    guard_core::verify_template(envelope, template, &key, Some(now.unwrap_or(&current)))
 }
 
 /// Signs, verifies under the signer's own key and scheme, and checks that the verifier is not
