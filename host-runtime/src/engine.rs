@@ -394,6 +394,21 @@ impl GuardEngine {
         }))
     }
 
+    /// Checks an offline bundle and its template (`guard_core::transparency::verify_bundle_json`)
+    /// inside the guard.
+    pub fn verify_bundle_json(
+        &self,
+        request: &str,
+    ) -> Result<Result<String, TemplateRefusal>, EngineError> {
+        let result = self.with_instance(request.len(), |i| {
+            i.guard.call_verify_bundle_json(&mut i.store, request)
+        })?;
+        Ok(result.map_err(|e| TemplateRefusal {
+            code: e.code,
+            message: e.message,
+        }))
+    }
+
     /// One guarded call (verify, render, assess) from the JSON request of
     /// `guard_core::template::guard_json`, inside the guard.
     pub fn guard_json(

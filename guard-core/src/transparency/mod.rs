@@ -30,6 +30,7 @@ mod checkpoint;
 mod entry;
 mod merkle;
 pub mod note;
+mod request;
 mod tree;
 
 pub use bundle::{
@@ -49,6 +50,7 @@ pub use merkle::{
     verify_inclusion, Hash, ProofError, MAX_CONSISTENCY_HASHES, MAX_INCLUSION_HASHES,
 };
 pub use note::{rsa_key_id, Note, NoteError, NoteSignature, NoteVerifier};
+pub use request::{verify_bundle_json, BundleCheckError};
 pub use tree::{
     consistency_proof, inclusion_proof, root, subtree_root, Frontier, MemoryTree, MissingNode,
     NodeReader, TreeError,

@@ -907,3 +907,70 @@ mod properties {
         }
     }
 }
+
+/// DER of a PEM `PUBLIC KEY` file, base64: what keyrings and log keys in requests hold.
+fn spki_base64(pem: &[u8]) -> String {
+    String::from_utf8(pem.to_vec())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect()
+}
+
+fn bundle_request() -> serde_json::Value {
+    let templates = crate::workspace().join("tests/vectors/templates");
+    let signer_der = std::fs::read(templates.join("signer.pub.der")).unwrap();
+    let signer = PinnedKey::from_spki(&signer_der, Scheme::RsassaPkcs1v15Sha256).unwrap();
+    use base64::Engine as _;
+    serde_json::json!({
+        "bundle": serde_json::from_slice::<serde_json::Value>(&read("bundle.json")).unwrap(),
+        "template": String::from_utf8(std::fs::read(templates.join("template.txt")).unwrap()).unwrap(),
+        "keyring": {"keys": [{
+            "fingerprint": signer.fingerprint(),
+            "spki": base64::engine::general_purpose::STANDARD.encode(&signer_der),
+            "scheme": "rsassa-pkcs1v15-sha256",
+            "valid_from": "2026-01-01T00:00:00Z"
+        }]},
+        "log": {"origin": ORIGIN, "spki": spki_base64(&read("log.pub.pem")), "scheme": "rsassa-pkcs1v15-sha256"},
+        "now": "2027-01-01T00:00:00Z"
+    })
+}
+
+#[test]
+fn an_offline_bundle_and_its_template_verify_in_one_request() {
+    use guard_core::transparency::verify_bundle_json;
+    let answer: serde_json::Value =
+        serde_json::from_str(&verify_bundle_json(bundle_request().to_string().as_bytes()).unwrap())
+            .unwrap();
+    assert_eq!(answer["template"]["template_id"], "demo/support");
+    assert_eq!(answer["log"]["origin"], ORIGIN);
+    assert_eq!(answer["log"]["index"], bundle().log.index);
+    let code = |r: serde_json::Value| {
+        verify_bundle_json(r.to_string().as_bytes())
+            .unwrap_err()
+            .code()
+    };
+    let mut changed = bundle_request();
+    changed["template"] = serde_json::json!("You are a careless assistant.");
+    assert_eq!(code(changed), "digest_mismatch");
+    let mut moved = bundle_request();
+    moved["bundle"]["log"]["index"] = serde_json::json!(0);
+    assert_eq!(code(moved), "invalid_bundle");
+    let mut other_log = bundle_request();
+    other_log["log"]["spki"] = serde_json::json!(spki_base64(&read("other.pub.pem")));
+    assert_eq!(code(other_log), "invalid_bundle");
+    // The caller's policy decides, not the copy in the bundle.
+    let mut strict = bundle_request();
+    let fingerprint = strict["keyring"]["keys"][0]["fingerprint"].clone();
+    strict["template_policy"] = serde_json::json!({"min_version": 2});
+    assert_eq!(code(strict.clone()), "below_min_version");
+    strict["template_policy"] =
+        serde_json::json!({"approvals": {"threshold": 1, "of": [fingerprint]}});
+    assert!(verify_bundle_json(strict.to_string().as_bytes()).is_ok());
+    for bad in ["", "{", "[]", "{\"bundle\": 1}"] {
+        assert_eq!(
+            verify_bundle_json(bad.as_bytes()).unwrap_err().code(),
+            "invalid_request"
+        );
+    }
+}

@@ -104,6 +104,13 @@ impl bindings::Guest for Component {
         })
     }
 
+    fn verify_bundle_json(request: String) -> Result<String, VerifyError> {
+        guard_core::transparency::verify_bundle_json(request.as_bytes()).map_err(|e| VerifyError {
+            code: e.code().to_string(),
+            message: e.to_string(),
+        })
+    }
+
     fn guard_json(request: String) -> Result<String, VerifyError> {
         let guard = guard().map_err(|_| VerifyError {
             code: "not_initialized".into(),

@@ -222,6 +222,18 @@ pub fn verify_json(request: JsString) -> Result<String, JsValue> {
     guard_core::verify_request_json(request.as_bytes()).map_err(|e| error(e.code(), &e.to_string()))
 }
 
+/// Checks an offline bundle with no network: the log's signed checkpoint, the entry and its
+/// inclusion proof, then the template against the caller's keyring and template policy. The
+/// request is `{bundle, template, keyring, log: {origin, spki, scheme}, template_policy?,
+/// template_id?, version?, high_water?, now, max_skew_seconds?}`; returns `{template, log}` as
+/// JSON, and throws an `Error` with a `code` on refusal.
+#[wasm_bindgen(js_name = verifyBundleJson)]
+pub fn verify_bundle_json(request: JsString) -> Result<String, JsValue> {
+    let request = well_formed(request, "request")?;
+    guard_core::transparency::verify_bundle_json(request.as_bytes())
+        .map_err(|e| error(e.code(), &e.to_string()))
+}
+
 /// A JavaScript string as Rust text, refused when it holds a lone surrogate: converting it would
 /// silently turn the surrogate into U+FFFD, and what is assessed or verified must be what was
 /// given.

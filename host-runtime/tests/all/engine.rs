@@ -163,3 +163,38 @@ fn template_vectors_under_wasmtime() {
     }
     assert!(vectors.len() >= 20, "only {} vectors ran", vectors.len());
 }
+
+/// The offline bundle check inside the guard gives the same answer as guard-core natively.
+#[test]
+fn an_offline_bundle_is_checked_inside_the_guard() {
+    use base64::Engine as _;
+    let t = crate::workspace().join("guard-core/tests/vectors/transparency");
+    let v = crate::workspace().join("tests/vectors/templates");
+    let der = std::fs::read(v.join("signer.pub.der")).unwrap();
+    let pem_body = |path: std::path::PathBuf| -> String {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect()
+    };
+    let request = serde_json::json!({
+        "bundle": serde_json::from_slice::<serde_json::Value>(&std::fs::read(t.join("bundle.json")).unwrap()).unwrap(),
+        "template": std::fs::read_to_string(v.join("template.txt")).unwrap(),
+        "keyring": {"keys": [{
+            "fingerprint": guard_core::provenance::sha256_hex(&der),
+            "spki": base64::engine::general_purpose::STANDARD.encode(&der),
+            "scheme": "rsassa-pkcs1v15-sha256",
+            "valid_from": "2026-01-01T00:00:00Z"
+        }]},
+        "log": {"origin": "sigil.test/audit", "spki": pem_body(t.join("log.pub.pem")), "scheme": "rsassa-pkcs1v15-sha256"},
+        "now": "2027-01-01T00:00:00Z"
+    })
+    .to_string();
+    let e = engine(EngineLimits::default());
+    let wasm = e.verify_bundle_json(&request).unwrap().unwrap();
+    let native = guard_core::transparency::verify_bundle_json(request.as_bytes()).unwrap();
+    assert_eq!(wasm, native);
+    let refused = e.verify_bundle_json("{").unwrap().unwrap_err();
+    assert_eq!(refused.code, "invalid_request");
+}
