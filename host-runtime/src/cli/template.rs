@@ -90,8 +90,25 @@ pub struct VerifyArgs {
     #[arg(long)]
     envelope: PathBuf,
     /// The pinned public key, SPKI PEM or DER.
-    #[arg(long)]
-    public_key: PathBuf,
+    #[arg(long, required_unless_present = "keyring", conflicts_with = "keyring")]
+    public_key: Option<PathBuf>,
+    /// A keyring (JSON, see docs/contract.md) instead of one key: validity windows, revocation,
+    /// approvals and the high-water mark apply.
+    #[arg(long, value_name = "FILE")]
+    keyring: Option<PathBuf>,
+    /// The template's policy (JSON: `min_version`, `approvals`, `withdrawn`); with `--keyring`.
+    #[arg(long, value_name = "FILE", requires = "keyring")]
+    template_policy: Option<PathBuf>,
+    /// The high-water mark kept for this template (JSON `{version, digest}`), read if the file
+    /// exists and written with the new mark when the template verifies; with `--keyring`.
+    #[arg(long, value_name = "FILE", requires = "keyring")]
+    high_water: Option<PathBuf>,
+    /// The template id asked for; with `--keyring`.
+    #[arg(long, requires = "keyring")]
+    id: Option<String>,
+    /// Ask for this version instead of the active one; with `--keyring`.
+    #[arg(long, requires = "keyring")]
+    version: Option<u64>,
     /// The key's scheme.
     #[arg(long, value_enum, default_value_t = SchemeArg::RsassaPkcs1v15Sha256)]
     scheme: SchemeArg,
@@ -233,18 +250,38 @@ fn sign(args: SignArgs) -> Result<ExitCode> {
 fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let template = read_bytes(&args.template, "template")?;
     let envelope = read_bytes(&args.envelope, "envelope")?;
-    let key = read_bytes(&args.public_key, "public key")?;
     let now = match &args.now {
         Some(now) => Timestamp::parse(now)?.to_string(),
         None => now_utc(),
     };
-    let scheme = match args.scheme {
-        SchemeArg::RsassaPkcs1v15Sha256 => Scheme::RsassaPkcs1v15Sha256,
-        SchemeArg::RsassaPssSha256 => Scheme::RsassaPssSha256,
-    };
     let engine = GuardEngine::new("{}", EngineLimits::default())?;
-    match engine.verify_template(&envelope, &template, &key, scheme, Some(&now))? {
+    let (answer, key_file) = match (&args.public_key, &args.keyring) {
+        (Some(path), _) => {
+            let key = read_bytes(path, "public key")?;
+            let scheme = match args.scheme {
+                SchemeArg::RsassaPkcs1v15Sha256 => Scheme::RsassaPkcs1v15Sha256,
+                SchemeArg::RsassaPssSha256 => Scheme::RsassaPssSha256,
+            };
+            (
+                engine.verify_template(&envelope, &template, &key, scheme, Some(&now))?,
+                path.clone(),
+            )
+        }
+        (None, Some(keyring)) => (
+            engine.verify_json(&keyring_request(
+                &args, keyring, &envelope, &template, &now,
+            )?)?,
+            keyring.clone(),
+        ),
+        (None, None) => anyhow::bail!("name the key: `--public-key FILE` or `--keyring FILE`"),
+    };
+    match answer {
         Ok(report) => {
+            if let (Some(path), Some(_)) = (&args.high_water, &args.keyring) {
+                let r: serde_json::Value = serde_json::from_str(&report)?;
+                std::fs::write(path, format!("{}\n", r["high_water"]))
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
+            }
             if args.json {
                 outln!("{report}");
             } else {
@@ -258,8 +295,13 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         // A key that cannot be used is the caller's mistake, not a verdict on the template.
-        Err(refusal) if refusal.code == "invalid_key" => {
-            anyhow::bail!("`{}`: {}", args.public_key.display(), refusal.message)
+        Err(refusal)
+            if matches!(
+                refusal.code.as_str(),
+                "invalid_key" | "invalid_keyring" | "invalid_template_policy" | "invalid_request"
+            ) =>
+        {
+            anyhow::bail!("`{}`: {}", key_file.display(), refusal.message)
         }
         Err(refusal) => {
             if args.json {
@@ -272,4 +314,57 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The verification request for `--keyring`: the files are read as JSON and passed on as they
+/// are, so the guard's strict parsing sees them whole.
+fn keyring_request(
+    args: &VerifyArgs,
+    keyring: &std::path::Path,
+    envelope: &[u8],
+    template: &[u8],
+    now: &str,
+) -> Result<String> {
+    let json_file = |path: &std::path::Path, what: &str| -> Result<String> {
+        let text = read_text(path, what)?;
+        serde_json::from_str::<&serde_json::value::RawValue>(&text)
+            .with_context(|| format!("{what} `{}` is not JSON", path.display()))?;
+        Ok(text)
+    };
+    let template = String::from_utf8(template.to_vec()).map_err(|e| {
+        anyhow::anyhow!(
+            "template `{}` is not UTF-8 (byte {})",
+            args.template.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let envelope = String::from_utf8(envelope.to_vec())
+        .map_err(|_| anyhow::anyhow!("envelope `{}` is not UTF-8", args.envelope.display()))?;
+    let mut request = format!(
+        "{{\"envelope\":{},\"template\":{},\"keyring\":{},\"now\":{}",
+        serde_json::to_string(&envelope)?,
+        serde_json::to_string(&template)?,
+        json_file(keyring, "keyring")?,
+        serde_json::to_string(now)?
+    );
+    if let Some(path) = &args.template_policy {
+        request.push_str(&format!(
+            ",\"template_policy\":{}",
+            json_file(path, "template policy")?
+        ));
+    }
+    if let Some(path) = args.high_water.as_ref().filter(|p| p.exists()) {
+        request.push_str(&format!(
+            ",\"high_water\":{}",
+            json_file(path, "high-water mark")?
+        ));
+    }
+    if let Some(id) = &args.id {
+        request.push_str(&format!(",\"template_id\":{}", serde_json::to_string(id)?));
+    }
+    if let Some(version) = args.version {
+        request.push_str(&format!(",\"version\":{version}"));
+    }
+    request.push('}');
+    Ok(request)
 }

@@ -1060,3 +1060,117 @@ fn audit_publish_records_only_verified_templates_in_version_order() {
         "{listing}"
     );
 }
+
+#[test]
+fn template_verify_with_a_keyring_keeps_the_high_water_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    assert!(
+        sigil(&["keys", "generate", "--out", &p("keys"), "--bits", "2048"])
+            .status
+            .success()
+    );
+    std::fs::write(d.join("schema.json"), r#"{"q": {"type": "string"}}"#).unwrap();
+    std::fs::write(d.join("v1.txt"), "Answer: {{q}}\n").unwrap();
+    std::fs::write(d.join("v2.txt"), "Answer politely: {{q}}\n").unwrap();
+    for (version, file, prev) in [("1", "v1", None), ("2", "v2", Some("v1.txt"))] {
+        let mut args = vec![
+            "template".to_string(),
+            "sign".into(),
+            "--template".into(),
+            p(&format!("{file}.txt")),
+            "--key".into(),
+            p("keys/signing-key.pem"),
+            "--id".into(),
+            "qa/answer".into(),
+            "--version".into(),
+            version.into(),
+            "--variables".into(),
+            p("schema.json"),
+            "--out".into(),
+            p(&format!("{file}.json")),
+        ];
+        if let Some(prev) = prev {
+            args.extend(["--prev".to_string(), p(prev)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert!(sigil(&args).status.success());
+    }
+    let pem = std::fs::read_to_string(d.join("keys/signing-key.pub.pem")).unwrap();
+    let spki: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&spki)
+        .unwrap();
+    let record = |revoked: Option<&str>| {
+        let mut r = serde_json::json!({
+            "fingerprint": guard_core::provenance::sha256_hex(&der),
+            "spki": spki, "scheme": "rsassa-pkcs1v15-sha256", "valid_from": "2020-01-01T00:00:00Z"
+        });
+        if let Some(at) = revoked {
+            r["revoked_at"] = serde_json::json!(at);
+        }
+        serde_json::json!({"keys": [r]}).to_string()
+    };
+    std::fs::write(d.join("ring.json"), record(None)).unwrap();
+    let verify = |file: &str, extra: &[&str]| {
+        let mut args = vec![
+            "template",
+            "verify",
+            "--keyring",
+            &p("ring.json"),
+            "--id",
+            "qa/answer",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend([
+            "--template".into(),
+            p(&format!("{file}.txt")),
+            "--envelope".into(),
+            p(&format!("{file}.json")),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sigil(&args)
+    };
+    let mark = p("mark.json");
+    let ok = verify("v2", &["--high-water", &mark]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&mark).unwrap()).unwrap();
+    assert_eq!(kept["version"], 2);
+    // Version 1 offered as active after 2 is a rollback; asked for by number it verifies.
+    let rollback = verify("v1", &["--high-water", &mark]);
+    assert_eq!(rollback.status.code(), Some(1));
+    assert!(
+        text(&rollback.stderr).contains("rollback"),
+        "{}",
+        text(&rollback.stderr)
+    );
+    let pinned = verify("v1", &["--high-water", &mark, "--version", "1"]);
+    assert_eq!(pinned.status.code(), Some(0), "{}", text(&pinned.stderr));
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&mark).unwrap()).unwrap();
+    assert_eq!(kept["version"], 2, "a pinned older version leaves the mark");
+    std::fs::write(d.join("policy.json"), r#"{"min_version": 2}"#).unwrap();
+    let below = verify(
+        "v1",
+        &["--version", "1", "--template-policy", &p("policy.json")],
+    );
+    assert!(
+        text(&below.stderr).contains("below_min_version"),
+        "{}",
+        text(&below.stderr)
+    );
+    // A revoked key, and a keyring that is not one.
+    std::fs::write(d.join("ring.json"), record(Some("2021-01-01T00:00:00Z"))).unwrap();
+    let revoked = verify("v2", &[]);
+    assert!(
+        text(&revoked.stderr).contains("revoked_key"),
+        "{}",
+        text(&revoked.stderr)
+    );
+    std::fs::write(d.join("ring.json"), r#"{"keys": [], "keys": []}"#).unwrap();
+    assert_eq!(verify("v2", &[]).status.code(), Some(2));
+}
