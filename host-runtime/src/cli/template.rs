@@ -278,8 +278,8 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
     match answer {
         Ok(report) => {
             if let (Some(path), Some(_)) = (&args.high_water, &args.keyring) {
-                let r: serde_json::Value = serde_json::from_str(&report)?;
-                std::fs::write(path, format!("{}\n", r["high_water"]))
+                let r: guard_core::VerificationReport = serde_json::from_str(&report)?;
+                std::fs::write(path, format!("{}\n", serde_json::to_string(&r.high_water)?))
                     .with_context(|| format!("cannot write `{}`", path.display()))?;
             }
             if args.json {
