@@ -524,8 +524,9 @@ pub fn guard_json(guard: &crate::Guard, request: &str) -> Result<String, GuardCa
     }
     let request: GuardRequest =
         serde_json::from_str(request).map_err(|e| GuardCallError::InvalidRequest(e.to_string()))?;
-    let verified = crate::provenance::request::verify_request_at(
+    let verified = crate::provenance::request::verify_request_with(
         request.template.get().as_bytes(),
+        None,
         Some(&request.context.now),
     )?;
     let schema = VariableSchema::from_json(request.variables_schema.get().as_bytes())?;

@@ -342,7 +342,8 @@ fn tf_idf_rows(counted: &[Vec<(u32, u32)>], shrink: &[f64], idf_of: &impl Fn(u32
         }
         if norm > 0.0 {
             let scale = scale_of_row / libm::sqrt(norm);
-            for v in rows.values.iter_mut().skip(start) {
+            // This row's values: those pushed since `start`.
+            for v in rows.values.get_mut(start..).unwrap_or_default() {
                 *v *= scale;
             }
         }

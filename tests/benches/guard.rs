@@ -285,8 +285,8 @@ fn verification_table() {
         let keyring =
             guard_core::Keyring::from_json(request["keyring"].to_string().as_bytes()).unwrap();
         let policy = guard_core::TemplatePolicy::default();
-        let mut check = guard_core::TemplateCheck::new(&keyring, &policy);
-        check.now = Some(guard_core::time::Timestamp::parse(NOW_VERIFY).unwrap());
+        let now = guard_core::time::Timestamp::parse(NOW_VERIFY).unwrap();
+        let check = guard_core::TemplateCheck::new(&keyring, &policy, now);
         let envelope = request["envelope"].to_string();
         let template = request["template"].as_str().unwrap().to_string();
         let parsed = median(31, || {

@@ -151,10 +151,12 @@ test("an offline bundle is checked with no network", () => {
   const pemBody = (file) => fs.readFileSync(file, "utf8").split("\n").filter((l) => l && !l.startsWith("-----")).join("");
   const request = {
     bundle: JSON.parse(fs.readFileSync(path.join(t, "bundle.json"), "utf8")),
-    template: fs.readFileSync(path.join(v, "template.txt"), "utf8"),
-    keyring: { keys: [{ fingerprint, spki: der.toString("base64"), scheme: "rsassa-pkcs1v15-sha256", valid_from: "2026-01-01T00:00:00Z" }] },
     log: { origin: "sigil.test/audit", spki: pemBody(path.join(t, "log.pub.pem")), scheme: "rsassa-pkcs1v15-sha256" },
-    now: "2027-01-01T00:00:00Z",
+    template: {
+      template: fs.readFileSync(path.join(v, "template.txt"), "utf8"),
+      keyring: { keys: [{ fingerprint, spki: der.toString("base64"), scheme: "rsassa-pkcs1v15-sha256", valid_from: "2026-01-01T00:00:00Z" }] },
+      now: "2027-01-01T00:00:00Z",
+    },
   };
   const answer = JSON.parse(verifyBundleJson(JSON.stringify(request)));
   assert.equal(answer.template.template_id, "demo/support");

@@ -498,22 +498,23 @@ pub struct TemplateCheck<'a> {
     pub policy: &'a TemplatePolicy,
     /// The highest version accepted before, as the last verification returned it.
     pub high_water: Option<&'a HighWater>,
-    /// Now. Required: a check without it is refused (`invalid_time`).
-    pub now: Option<Timestamp>,
+    /// Now: what expiry, revocation, key windows and skew are judged against.
+    pub now: Timestamp,
     /// How far ahead of `now` a `signed_at` may be, for clocks that disagree.
     pub max_skew_seconds: u32,
 }
 
 impl<'a> TemplateCheck<'a> {
-    /// A check against `keyring` with the default policy, at `now`.
-    pub fn new(keyring: &'a Keyring, policy: &'a TemplatePolicy) -> Self {
+    /// A check against `keyring` and `policy` at `now`: any template id, the active version, no
+    /// high-water mark, the default skew.
+    pub fn new(keyring: &'a Keyring, policy: &'a TemplatePolicy, now: Timestamp) -> Self {
         TemplateCheck {
             template_id: None,
             version: None,
             keyring,
             policy,
             high_water: None,
-            now: None,
+            now,
             max_skew_seconds: DEFAULT_MAX_SKEW_SECONDS,
         }
     }
@@ -530,14 +531,14 @@ pub fn verify_template(
     key: &PinnedKey,
     now: Option<&str>,
 ) -> Result<VerifiedTemplate, VerifyError> {
-    let now = now
-        .map(Timestamp::parse)
-        .transpose()
-        .map_err(|e| VerifyError::InvalidTime(e.to_string()))?;
+    // Without a time nothing about expiry or revocation can be said: refuse rather than skip.
+    let now = now.ok_or_else(|| {
+        VerifyError::InvalidTime("a time to verify at (`now`) is required".into())
+    })?;
+    let now = Timestamp::parse(now).map_err(|e| VerifyError::InvalidTime(e.to_string()))?;
     let keyring = Keyring::single(key.clone());
     let policy = TemplatePolicy::default();
-    let mut check = TemplateCheck::new(&keyring, &policy);
-    check.now = now;
+    let mut check = TemplateCheck::new(&keyring, &policy, now);
     check.max_skew_seconds = 0;
     verify(envelope_json, template, &check)
 }
@@ -563,10 +564,7 @@ pub fn verify(
         return Err(VerifyError::TemplateTooLarge(template.len()));
     }
     check.policy.check()?;
-    // Without a time nothing about expiry or revocation can be said: refuse rather than skip.
-    let now = check.now.ok_or_else(|| {
-        VerifyError::InvalidTime("a time to verify at (`now`) is required".into())
-    })?;
+    let now = check.now;
     let envelope: Envelope = serde_json::from_slice(envelope_json)
         .map_err(|e| VerifyError::MalformedEnvelope(e.to_string()))?;
     if envelope.payload_type != PAYLOAD_TYPE {
@@ -636,7 +634,7 @@ pub fn verify(
             });
         }
     }
-    let approvals = count_approvals(&verified, signed_at, now, check)?;
+    let approvals = count_approvals(&verified, signed_at, check)?;
     let high_water = check_version(&statement, check)?;
     let text = String::from_utf8(template.to_vec())
         .map_err(|e| VerifyError::TemplateNotUtf8(e.utf8_error().valid_up_to()))?;
@@ -732,9 +730,9 @@ fn verify_signatures(
 fn count_approvals(
     verified: &[Verified],
     signed_at: Timestamp,
-    now: Timestamp,
     check: &TemplateCheck<'_>,
 ) -> Result<Vec<String>, VerifyError> {
+    let now = check.now;
     let approvers = check.policy.distinct_approvers();
     let mut signers: Vec<usize> = Vec::new();
     let mut approvals = Vec::new();

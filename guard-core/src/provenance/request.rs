@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    verify, HighWater, KeyRecord, Keyring, TemplateCheck, TemplatePolicy, VerifyError,
+    verify, HighWater, Keyring, TemplateCheck, TemplatePolicy, VerifyError,
     DEFAULT_MAX_SKEW_SECONDS, MAX_ENVELOPE_BYTES, MAX_TEMPLATE_BYTES,
 };
 use crate::time::Timestamp;
@@ -14,11 +14,13 @@ use crate::time::Timestamp;
 const MAX_REQUEST_BYTES: usize = MAX_TEMPLATE_BYTES * 2 + MAX_ENVELOPE_BYTES * 2;
 
 /// `{envelope, template, keyring, template_policy?, template_id?, version?, high_water?, now,
-/// max_skew_seconds?}`. The envelope is the DSSE object itself (or its JSON text as a string).
+/// max_skew_seconds?}`. The envelope is the DSSE object itself (or its JSON text as a string);
+/// requests that carry it elsewhere (an offline bundle) leave it out.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
-    envelope: Box<RawValue>,
+    #[serde(default)]
+    envelope: Option<Box<RawValue>>,
     template: String,
     keyring: Box<RawValue>,
     #[serde(default)]
@@ -33,12 +35,6 @@ pub struct VerifyRequest {
     now: Option<String>,
     #[serde(default)]
     max_skew_seconds: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyringField {
-    keys: Vec<KeyRecord>,
 }
 
 thread_local! {
@@ -59,9 +55,7 @@ fn keyring_for(json: &str) -> Result<std::rc::Rc<Keyring>, VerifyError> {
     if let Some(ring) = cached {
         return Ok(ring);
     }
-    let field: KeyringField = serde_json::from_str(json)
-        .map_err(|e| VerifyError::InvalidRequest(format!("keyring: {e}")))?;
-    let ring = std::rc::Rc::new(Keyring::from_records(&field.keys)?);
+    let ring = std::rc::Rc::new(Keyring::from_json(json.as_bytes())?);
     LAST_KEYRING.with(|last| *last.borrow_mut() = Some((json.to_string(), ring.clone())));
     Ok(ring)
 }
@@ -75,12 +69,15 @@ pub fn verify_request_json(request: &[u8]) -> Result<String, VerifyError> {
 
 /// Verifies the template a JSON request describes.
 pub fn verify_request(request: &[u8]) -> Result<super::VerifiedTemplate, VerifyError> {
-    verify_request_at(request, None)
+    verify_request_with(request, None, None)
 }
 
-/// Like [`verify_request`], with the time to use when the request names none.
-pub(crate) fn verify_request_at(
+/// Like [`verify_request`] for requests inside other requests: `envelope` is the envelope when
+/// it travels outside the request (then the request must not hold one), `default_now` the time
+/// when the request names none.
+pub(crate) fn verify_request_with(
     request: &[u8],
+    envelope: Option<&[u8]>,
     default_now: Option<&str>,
 ) -> Result<super::VerifiedTemplate, VerifyError> {
     if request.len() > MAX_REQUEST_BYTES {
@@ -100,22 +97,33 @@ pub(crate) fn verify_request_at(
         .ok_or_else(|| VerifyError::InvalidRequest("missing field `now`".into()))?;
     let now = Timestamp::parse(now).map_err(|e| VerifyError::InvalidTime(e.to_string()))?;
     // An envelope given as a string is its JSON text; as an object, the object's own bytes.
-    let raw = request.envelope.get();
     let text;
-    let envelope = if raw.starts_with('"') {
-        text = serde_json::from_str::<String>(raw)
-            .map_err(|e| VerifyError::InvalidRequest(format!("envelope: {e}")))?;
-        text.as_bytes()
-    } else {
-        raw.as_bytes()
-    };
+    let envelope =
+        match (&request.envelope, envelope) {
+            (Some(raw), None) if raw.get().starts_with('"') => {
+                text = serde_json::from_str::<String>(raw.get())
+                    .map_err(|e| VerifyError::InvalidRequest(format!("envelope: {e}")))?;
+                text.as_bytes()
+            }
+            (Some(raw), None) => raw.get().as_bytes(),
+            (None, Some(given)) => given,
+            (None, None) => {
+                return Err(VerifyError::InvalidRequest(
+                    "missing field `envelope`".into(),
+                ))
+            }
+            (Some(_), Some(_)) => return Err(VerifyError::InvalidRequest(
+                "`envelope` is given by the bundle; the verification request must not repeat it"
+                    .into(),
+            )),
+        };
     let check = TemplateCheck {
         template_id: request.template_id.as_deref(),
         version: request.version,
         keyring: &keyring,
         policy: &policy,
         high_water: request.high_water.as_ref(),
-        now: Some(now),
+        now,
         max_skew_seconds: request.max_skew_seconds.unwrap_or(DEFAULT_MAX_SKEW_SECONDS),
     };
     verify(envelope, request.template.as_bytes(), &check)

@@ -9,28 +9,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{BundleError, NoteVerifier, OfflineBundle};
-use crate::provenance::{HighWater, PinnedKey, Scheme, VerificationReport, VerifyError};
+use crate::provenance::{PinnedKey, Scheme, VerificationReport, VerifyError};
 
-/// `{bundle, template, keyring, log: {origin, spki, scheme}, template_policy?, template_id?,
-/// version?, high_water?, now, max_skew_seconds?}`.
+/// `{bundle, log: {origin, spki, scheme}, template: <verification request without its
+/// envelope>}`: the envelope is the bundle's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BundleRequest {
     bundle: Box<RawValue>,
-    template: String,
-    keyring: Box<RawValue>,
     log: LogKey,
-    #[serde(default)]
-    template_policy: Option<Box<RawValue>>,
-    #[serde(default)]
-    template_id: Option<String>,
-    #[serde(default)]
-    version: Option<u64>,
-    #[serde(default)]
-    high_water: Option<HighWater>,
-    now: String,
-    #[serde(default)]
-    max_skew_seconds: Option<u32>,
+    template: Box<RawValue>,
 }
 
 /// The log's checkpoint key: its origin (the key's name) and SubjectPublicKeyInfo.
@@ -87,6 +75,9 @@ impl BundleCheckError {
 
 /// Checks an offline bundle and its template; returns `{template: <report>, log: {origin, index,
 /// tree_size, root, published_at}}` as JSON.
+///
+/// The request is `{bundle, log: {origin, spki, scheme}, template}`, where `template` is a
+/// verification request (`provenance::verify_request_json`) without its `envelope`.
 pub fn verify_bundle_json(request: &[u8]) -> Result<String, BundleCheckError> {
     let request: BundleRequest = serde_json::from_slice(request)
         .map_err(|e| BundleCheckError::InvalidRequest(e.to_string()))?;
@@ -99,39 +90,15 @@ pub fn verify_bundle_json(request: &[u8]) -> Result<String, BundleCheckError> {
         .map_err(|e| BundleCheckError::InvalidRequest(format!("log key: {e}")))?;
     let logged = bundle.verify_log(&verifier)?;
 
-    // The template as the bundle states it, verified as any other: the raw keyring is passed on
-    // untouched so its strict parsing still sees every byte.
-    let mut verify = String::with_capacity(request.template.len() + 4096);
-    verify.push_str("{\"envelope\":");
-    verify.push_str(&json(&bundle.envelope));
-    verify.push_str(",\"template\":");
-    verify.push_str(&json(&request.template));
-    verify.push_str(",\"keyring\":");
-    verify.push_str(request.keyring.get());
-    // The policy is the caller's: the bundle's copy is not covered by the log entry or any
-    // signature, so it could loosen what the caller requires.
-    if let Some(policy) = &request.template_policy {
-        verify.push_str(",\"template_policy\":");
-        verify.push_str(policy.get());
-    }
-    if let Some(id) = &request.template_id {
-        verify.push_str(",\"template_id\":");
-        verify.push_str(&json(id));
-    }
-    if let Some(version) = request.version {
-        verify.push_str(&format!(",\"version\":{version}"));
-    }
-    if let Some(high) = &request.high_water {
-        verify.push_str(",\"high_water\":");
-        verify.push_str(&json(high));
-    }
-    verify.push_str(",\"now\":");
-    verify.push_str(&json(&request.now));
-    if let Some(skew) = request.max_skew_seconds {
-        verify.push_str(&format!(",\"max_skew_seconds\":{skew}"));
-    }
-    verify.push('}');
-    let verified = crate::provenance::verify_request(verify.as_bytes())?;
+    // The template verified as any other, with the bundle's envelope. The policy is the
+    // caller's: the bundle's copy is covered by no signature or log entry.
+    let envelope = serde_json::to_vec(&bundle.envelope)
+        .map_err(|e| BundleCheckError::InvalidRequest(e.to_string()))?;
+    let verified = crate::provenance::request::verify_request_with(
+        request.template.get().as_bytes(),
+        Some(&envelope),
+        None,
+    )?;
     let checkpoint = logged.checkpoint();
     let answer = BundleAnswer {
         template: verified.report(),
@@ -144,10 +111,4 @@ pub fn verify_bundle_json(request: &[u8]) -> Result<String, BundleCheckError> {
         },
     };
     serde_json::to_string(&answer).map_err(|e| BundleCheckError::InvalidRequest(e.to_string()))
-}
-
-/// Serialization of a piece spliced into the verification request: strings, a map of strings
-/// and numbers, the envelope; none can fail to serialize.
-fn json<T: Serialize + ?Sized>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }

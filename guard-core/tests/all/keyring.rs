@@ -150,7 +150,7 @@ fn hostile_requests_get_typed_refusals() {
         "invalid_request",
         "invalid_request",
         "invalid_request",
-        "invalid_request",
+        "invalid_keyring",
         "invalid_request",
         "invalid_request",
         "too_many_signatures",

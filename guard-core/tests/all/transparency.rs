@@ -924,15 +924,17 @@ fn bundle_request() -> serde_json::Value {
     use base64::Engine as _;
     serde_json::json!({
         "bundle": serde_json::from_slice::<serde_json::Value>(&read("bundle.json")).unwrap(),
-        "template": String::from_utf8(std::fs::read(templates.join("template.txt")).unwrap()).unwrap(),
-        "keyring": {"keys": [{
-            "fingerprint": signer.fingerprint(),
-            "spki": base64::engine::general_purpose::STANDARD.encode(&signer_der),
-            "scheme": "rsassa-pkcs1v15-sha256",
-            "valid_from": "2026-01-01T00:00:00Z"
-        }]},
         "log": {"origin": ORIGIN, "spki": spki_base64(&read("log.pub.pem")), "scheme": "rsassa-pkcs1v15-sha256"},
-        "now": "2027-01-01T00:00:00Z"
+        "template": {
+            "template": String::from_utf8(std::fs::read(templates.join("template.txt")).unwrap()).unwrap(),
+            "keyring": {"keys": [{
+                "fingerprint": signer.fingerprint(),
+                "spki": base64::engine::general_purpose::STANDARD.encode(&signer_der),
+                "scheme": "rsassa-pkcs1v15-sha256",
+                "valid_from": "2026-01-01T00:00:00Z"
+            }]},
+            "now": "2027-01-01T00:00:00Z"
+        }
     })
 }
 
@@ -951,7 +953,7 @@ fn an_offline_bundle_and_its_template_verify_in_one_request() {
             .code()
     };
     let mut changed = bundle_request();
-    changed["template"] = serde_json::json!("You are a careless assistant.");
+    changed["template"]["template"] = serde_json::json!("You are a careless assistant.");
     assert_eq!(code(changed), "digest_mismatch");
     let mut moved = bundle_request();
     moved["bundle"]["log"]["index"] = serde_json::json!(0);
@@ -961,12 +963,16 @@ fn an_offline_bundle_and_its_template_verify_in_one_request() {
     assert_eq!(code(other_log), "invalid_bundle");
     // The caller's policy decides, not the copy in the bundle.
     let mut strict = bundle_request();
-    let fingerprint = strict["keyring"]["keys"][0]["fingerprint"].clone();
-    strict["template_policy"] = serde_json::json!({"min_version": 2});
+    let fingerprint = strict["template"]["keyring"]["keys"][0]["fingerprint"].clone();
+    strict["template"]["template_policy"] = serde_json::json!({"min_version": 2});
     assert_eq!(code(strict.clone()), "below_min_version");
-    strict["template_policy"] =
+    strict["template"]["template_policy"] =
         serde_json::json!({"approvals": {"threshold": 1, "of": [fingerprint]}});
     assert!(verify_bundle_json(strict.to_string().as_bytes()).is_ok());
+    // The envelope is the bundle's; a second one in the request is refused, not chosen from.
+    let mut twice = bundle_request();
+    twice["template"]["envelope"] = twice["bundle"]["envelope"].clone();
+    assert_eq!(code(twice), "invalid_request");
     for bad in ["", "{", "[]", "{\"bundle\": 1}"] {
         assert_eq!(
             verify_bundle_json(bad.as_bytes()).unwrap_err().code(),

@@ -224,8 +224,8 @@ pub fn verify_json(request: JsString) -> Result<String, JsValue> {
 
 /// Checks an offline bundle with no network: the log's signed checkpoint, the entry and its
 /// inclusion proof, then the template against the caller's keyring and template policy. The
-/// request is `{bundle, template, keyring, log: {origin, spki, scheme}, template_policy?,
-/// template_id?, version?, high_water?, now, max_skew_seconds?}`; returns `{template, log}` as
+/// request is `{bundle, log: {origin, spki, scheme}, template}`, `template` being a
+/// verification request (as for `verifyJson`) without its envelope; returns `{template, log}` as
 /// JSON, and throws an `Error` with a `code` on refusal.
 #[wasm_bindgen(js_name = verifyBundleJson)]
 pub fn verify_bundle_json(request: JsString) -> Result<String, JsValue> {

@@ -180,15 +180,17 @@ fn an_offline_bundle_is_checked_inside_the_guard() {
     };
     let request = serde_json::json!({
         "bundle": serde_json::from_slice::<serde_json::Value>(&std::fs::read(t.join("bundle.json")).unwrap()).unwrap(),
-        "template": std::fs::read_to_string(v.join("template.txt")).unwrap(),
-        "keyring": {"keys": [{
-            "fingerprint": guard_core::provenance::sha256_hex(&der),
-            "spki": base64::engine::general_purpose::STANDARD.encode(&der),
-            "scheme": "rsassa-pkcs1v15-sha256",
-            "valid_from": "2026-01-01T00:00:00Z"
-        }]},
         "log": {"origin": "sigil.test/audit", "spki": pem_body(t.join("log.pub.pem")), "scheme": "rsassa-pkcs1v15-sha256"},
-        "now": "2027-01-01T00:00:00Z"
+        "template": {
+            "template": std::fs::read_to_string(v.join("template.txt")).unwrap(),
+            "keyring": {"keys": [{
+                "fingerprint": guard_core::provenance::sha256_hex(&der),
+                "spki": base64::engine::general_purpose::STANDARD.encode(&der),
+                "scheme": "rsassa-pkcs1v15-sha256",
+                "valid_from": "2026-01-01T00:00:00Z"
+            }]},
+            "now": "2027-01-01T00:00:00Z"
+        }
     })
     .to_string();
     let e = engine(EngineLimits::default());
