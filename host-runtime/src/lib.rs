@@ -4,13 +4,15 @@
 //! Every decision (assessment, template verification) is made inside the wasm guard through
 //! [`engine::GuardEngine`]; this crate reads files, holds keys and talks to the network. It also
 //! measures the guard: [`metrics`] (pure functions over scored rows) and [`plot`] serve
-//! `sigil eval`. It keeps the tamper-evident [`audit`] log, whose proofs guard-core checks.
+//! `sigil eval`. It keeps the tamper-evident [`audit`] log, whose proofs guard-core checks, and the template
+//! [`registry`] that records into it.
 
 pub mod audit;
 pub mod cli;
 pub mod engine;
 pub mod metrics;
 pub mod plot;
+pub mod registry;
 pub mod service;
 pub mod signer;
 pub mod template;

@@ -99,6 +99,12 @@ impl PinnedKey {
         }
     }
 
+    /// Whether both keys have the same modulus: one signer, whatever the encoding, scheme or
+    /// fingerprint.
+    pub fn same_modulus(&self, other: &PinnedKey) -> bool {
+        self.key == other.key
+    }
+
     /// From a SubjectPublicKeyInfo in DER, as keyrings hold it.
     pub fn from_spki_der(der: &[u8], scheme: Scheme) -> Result<Self, VerifyError> {
         use rsa::pkcs1::der::Decode;

@@ -31,6 +31,10 @@ pub enum EntryKind {
     /// A signed template became available; digests name its envelope.
     #[serde(rename = "template.published")]
     TemplatePublished,
+    /// A version was signed by its publisher and waits for the approvals its policy requires;
+    /// digests name its envelope so far.
+    #[serde(rename = "template.submitted")]
+    TemplateSubmitted,
     /// A signing key was added, rotated or revoked.
     #[serde(rename = "key.rotated")]
     KeyRotated,
@@ -56,6 +60,7 @@ impl EntryKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EntryKind::TemplatePublished => "template.published",
+            EntryKind::TemplateSubmitted => "template.submitted",
             EntryKind::KeyRotated => "key.rotated",
             EntryKind::Approval => "approval",
             EntryKind::Refusal => "refusal",

@@ -397,20 +397,23 @@ impl AuditLog {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // What was signed last must be the whole log, or this checkpoint would sign entries
-        // nobody appended through it.
-        let size = store::next_seq(&tx)?;
-        let signed_size = store::latest_checkpoint(&tx)?.map_or(0, |(size, _)| size);
-        if size != signed_size {
-            return Err(AuditError::Unsigned {
-                size,
-                signed: signed_size,
-            });
-        }
-        let appended = store::append(&tx, entry)?;
-        let signed = checkpoint_in(&tx, &self.origin, signer)?;
+        let (mut appended, signed) = record_in(&tx, &self.origin, vec![entry], signer)?;
         tx.commit()?;
+        let appended = appended
+            .pop()
+            .ok_or_else(|| AuditError::Range("nothing was appended".into()))?;
         Ok((appended, signed))
+    }
+
+    /// The database, for stores that keep their records beside the log and append to it in
+    /// their own transactions ([`record_in`]).
+    pub(crate) fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// The database, for reading.
+    pub(crate) fn connection_ref(&self) -> &Connection {
+        &self.conn
     }
 
     /// Signs and stores the checkpoint of the whole log (or returns the stored one at this size).
@@ -710,6 +713,37 @@ fn parse_stored(note: &str) -> Result<SignedCheckpoint, AuditError> {
 }
 
 /// Signs the checkpoint of the whole tree inside `tx` and stores it.
+/// The sequence number the next entry appended in `tx` gets.
+pub(crate) fn next_seq_in(tx: &rusqlite::Transaction<'_>) -> Result<u64, AuditError> {
+    store::next_seq(tx)
+}
+
+/// Appends `entries` and signs the checkpoint of the new tree inside the caller's transaction,
+/// so records kept beside the log commit together with their entries, or not at all.
+pub(crate) fn record_in(
+    tx: &rusqlite::Transaction<'_>,
+    origin: &str,
+    entries: Vec<NewEntry>,
+    signer: &dyn Signer,
+) -> Result<(Vec<Appended>, SignedCheckpoint), AuditError> {
+    // What was signed last must be the whole log, or this checkpoint would sign entries
+    // nobody appended through it.
+    let size = store::next_seq(tx)?;
+    let signed_size = store::latest_checkpoint(tx)?.map_or(0, |(size, _)| size);
+    if size != signed_size {
+        return Err(AuditError::Unsigned {
+            size,
+            signed: signed_size,
+        });
+    }
+    let appended = entries
+        .into_iter()
+        .map(|entry| store::append(tx, entry))
+        .collect::<Result<Vec<_>, _>>()?;
+    let signed = checkpoint_in(tx, origin, signer)?;
+    Ok((appended, signed))
+}
+
 fn checkpoint_in(
     tx: &rusqlite::Transaction<'_>,
     origin: &str,

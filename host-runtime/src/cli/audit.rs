@@ -38,10 +38,10 @@ pub enum AuditCommand {
 
 #[derive(Debug, Clone, clap::Args)]
 struct Location {
-    /// The data folder (keys in `keys/`, the log in `audit.db`).
+    /// The data folder (keys in `keys/`, the log in `sigil.db` beside the template registry).
     #[arg(long, default_value = ".sigil")]
     data_dir: PathBuf,
-    /// The audit database. Without it, `<data-dir>/audit.db`.
+    /// The audit database. Without it, `<data-dir>/sigil.db`.
     #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
 }
@@ -50,7 +50,7 @@ impl Location {
     fn db(&self) -> PathBuf {
         self.db
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("audit.db"))
+            .unwrap_or_else(|| self.data_dir.join("sigil.db"))
     }
 
     fn open_existing(&self) -> Result<AuditLog> {

@@ -13,6 +13,7 @@ mod audit;
 mod demo;
 mod eval;
 mod keys;
+mod registry;
 mod scan;
 mod serve;
 mod template;
@@ -57,6 +58,12 @@ enum Command {
     /// Record, prove and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Create a registry: the data folder, the audit log's key, the database and its first
+    /// admin identity.
+    Init(registry::InitArgs),
+    /// Manage the identities that may use the registry, and their roles.
+    #[command(subcommand)]
+    Identity(registry::IdentityCommand),
     /// Run the main job on the bundled samples: sign a template, verify it, guard prompts.
     Demo(demo::DemoArgs),
 }
@@ -220,6 +227,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Audit(command) => audit::run(command),
+        Command::Init(args) => registry::init(args),
+        Command::Identity(command) => registry::identity(command),
     };
     match result {
         Ok(code) => code,

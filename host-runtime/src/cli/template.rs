@@ -1,4 +1,5 @@
-//! `sigil template sign` and `sigil template verify`.
+//! `sigil template …`: signing and verifying files, the validation pipeline, and the registry
+//! (`publish`, `approve`, `list`, `show`, `history`, keys and policies; see `registry.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,31 @@ pub enum TemplateCommand {
     /// Run the validation pipeline on a candidate template: placeholders and schema, hidden
     /// text, the guard's analysis, secrets and personal data, and the diff to the previous one.
     Validate(super::validate::ValidateArgs),
+    /// Publish the next version into the registry: validate, sign with your key, record it in
+    /// the audit log; active at once if its policy's approvals are met, else pending (publisher).
+    Publish(Box<super::registry::PublishArgs>),
+    /// Approve a pending version with your signature over its envelope (reviewer).
+    Approve(Box<super::registry::ApproveArgs>),
+    /// List the registry's templates with their active, latest and pending versions.
+    List(super::registry::ListArgs),
+    /// Show a version (the active one by default): summary, text, envelope, schema, report,
+    /// verification request or offline bundle.
+    Show(super::registry::ShowArgs),
+    /// Every version of a template with its state and signatures.
+    History(super::registry::HistoryArgs),
+    /// Add a public key to the registry's keyring for an identity (admin).
+    AddKey(Box<super::registry::AddKeyArgs>),
+    /// Revoke a key: none of its signatures counts from then on (admin).
+    RevokeKey(super::registry::RevokeKeyArgs),
+    /// Replace a key with a new one (a new KMS key behind the alias, or a new key file), the
+    /// old one kept until it retires (admin).
+    RotateKey(Box<super::registry::RotateKeyArgs>),
+    /// Print the registry's keyring, as verifiers pin it.
+    Keyring(super::registry::KeyringArgs),
+    /// Show a template's policy, or set the approvals it needs (admin).
+    Policy(super::registry::PolicyArgs),
+    /// Withdraw a version for good; an approved one raises the policy's `min_version` (admin).
+    Withdraw(super::registry::WithdrawArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -126,11 +152,37 @@ pub enum SchemeArg {
     RsassaPssSha256,
 }
 
+/// The guard's scheme for a `--scheme` argument.
+pub fn scheme(arg: SchemeArg) -> guard_core::Scheme {
+    match arg {
+        SchemeArg::RsassaPkcs1v15Sha256 => guard_core::Scheme::RsassaPkcs1v15Sha256,
+        SchemeArg::RsassaPssSha256 => guard_core::Scheme::RsassaPssSha256,
+    }
+}
+
+fn engine_scheme(arg: SchemeArg) -> Scheme {
+    match arg {
+        SchemeArg::RsassaPkcs1v15Sha256 => Scheme::RsassaPkcs1v15Sha256,
+        SchemeArg::RsassaPssSha256 => Scheme::RsassaPssSha256,
+    }
+}
+
 pub fn run(command: TemplateCommand) -> Result<ExitCode> {
     match command {
         TemplateCommand::Sign(args) => sign(*args),
         TemplateCommand::Verify(args) => verify(args),
         TemplateCommand::Validate(args) => super::validate::run(args),
+        TemplateCommand::Publish(args) => super::registry::publish(*args),
+        TemplateCommand::Approve(args) => super::registry::approve(*args),
+        TemplateCommand::List(args) => super::registry::list(args),
+        TemplateCommand::Show(args) => super::registry::show(args),
+        TemplateCommand::History(args) => super::registry::history(args),
+        TemplateCommand::AddKey(args) => super::registry::add_key(*args),
+        TemplateCommand::RevokeKey(args) => super::registry::revoke_key(args),
+        TemplateCommand::RotateKey(args) => super::registry::rotate_key(*args),
+        TemplateCommand::Keyring(args) => super::registry::keyring(args),
+        TemplateCommand::Policy(args) => super::registry::policy(args),
+        TemplateCommand::Withdraw(args) => super::registry::withdraw(args),
     }
 }
 
@@ -258,10 +310,7 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let (answer, key_file) = match (&args.public_key, &args.keyring) {
         (Some(path), _) => {
             let key = read_bytes(path, "public key")?;
-            let scheme = match args.scheme {
-                SchemeArg::RsassaPkcs1v15Sha256 => Scheme::RsassaPkcs1v15Sha256,
-                SchemeArg::RsassaPssSha256 => Scheme::RsassaPssSha256,
-            };
+            let scheme = engine_scheme(args.scheme);
             (
                 engine.verify_template(&envelope, &template, &key, scheme, Some(&now))?,
                 path.clone(),

@@ -31,7 +31,7 @@ impl Fixture {
         let data = dir.path().join("data");
         let (signer, _) =
             LocalSigner::generate_files(&data.join("keys"), "signing-key", 2048, false).unwrap();
-        let db = data.join("audit.db");
+        let db = data.join("sigil.db");
         Fixture {
             _dir: dir,
             data,

@@ -11,6 +11,7 @@
 mod audit;
 mod cli;
 mod engine;
+mod registry;
 mod service;
 mod signer_kms;
 mod signer_local;

@@ -1,0 +1,1660 @@
+//! The template registry: versioned, append-only templates with their envelopes, the keyring,
+//! template policies and the identities allowed to change them, in the audit log's database.
+//!
+//! Every change is one SQLite transaction that also appends its audit entries and signs the new
+//! checkpoint ([`crate::audit::record_in`]): a change that returned is durable and in the log,
+//! one that did not return left nothing, so a crash never leaves a template the log does not
+//! know. Every operation takes a [`Session`] and checks the identity's roles inside that
+//! transaction (the store layer, not only the command line, enforces them).
+//!
+//! Publishing runs the validation pipeline, signs the version with the publisher's own key and
+//! then asks the guard whether the envelope verifies against the registry's keyring and the
+//! template's policy. If it does, the version is approved at once; if it lacks approvals it
+//! waits as `pending` until reviewers add their signatures over the same envelope
+//! ([`Registry::approve`]). The active version is the highest approved one that is not
+//! withdrawn.
+
+mod roles;
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use guard_core::provenance::{
+    pae, sha256_hex, Approvals, EnvelopeSignature, HighWater, KeyRecord, TemplatePolicy,
+};
+use guard_core::time::Timestamp;
+use guard_core::transparency::{EntryKind, OfflineBundle};
+use guard_core::{Envelope, Scheme};
+use rusqlite::TransactionBehavior;
+
+pub use roles::{is_identity_name, Role, Session, UnknownRole, TOKEN_PREFIX};
+use store::{KeyRow, PrincipalRow, SignatureRow, VersionRow};
+
+use crate::audit::{self, Appended, AuditError, AuditLog, NewEntry, SignedCheckpoint};
+use crate::engine::{EngineError, GuardEngine};
+use crate::signer::{fingerprint, SignError, Signer};
+use crate::template::{canonical_json, sign_template, SignRequest, TemplateSignError};
+use crate::validate::{validate, Candidate, ValidationOptions, ValidationReport};
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The database could not be read or written.
+    #[error("registry database: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// The audit log refused or failed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// No identity has this token, or it is disabled.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The identity lacks the role the operation needs.
+    #[error("`{identity}` may not {action}: that needs the {role} role")]
+    Forbidden {
+        /// Who asked.
+        identity: String,
+        /// What they asked for.
+        action: &'static str,
+        /// The role it needs.
+        role: Role,
+    },
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change contradicts what is stored (a version pending, a name taken, a second
+    /// approval by one person).
+    #[error("{0}")]
+    Conflict(String),
+    /// An argument is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The validation pipeline refused the template; the report says why and was recorded.
+    #[error("the validation pipeline refused the template (report sha256:{})", .0.digest())]
+    Validation(Box<ValidationReport>),
+    /// The guard refused the signed envelope.
+    #[error("the guard refused the envelope ({code}): {message}")]
+    Refused {
+        /// The refusal code (`docs/contract.md`).
+        code: String,
+        /// What it means here.
+        message: String,
+    },
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// The statement could not be made.
+    #[error(transparent)]
+    Template(#[from] TemplateSignError),
+    /// The guard module failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A stored row is not what this version of Sigil writes.
+    #[error("the registry holds a malformed record: {0}")]
+    Corrupt(String),
+    /// The system's random generator failed.
+    #[error("no randomness for a token")]
+    Random,
+}
+
+impl From<aws_lc_rs::error::Unspecified> for RegistryError {
+    fn from(_: aws_lc_rs::error::Unspecified) -> Self {
+        RegistryError::Random
+    }
+}
+
+/// Where a version stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    /// Signed by its publisher, waiting for approvals.
+    Pending,
+    /// Approved: it verifies against the keyring and the template's policy.
+    Approved,
+    /// Withdrawn: never to be used again.
+    Withdrawn,
+}
+
+impl VersionState {
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Pending => "pending",
+            VersionState::Approved => "approved",
+            VersionState::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// An identity as listed (its token is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityInfo {
+    /// Name.
+    pub name: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// When it was made.
+    pub created_at: String,
+    /// When it was disabled.
+    pub disabled_at: Option<String>,
+}
+
+/// A key as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    /// The keyring record verifiers get.
+    #[serde(flatten)]
+    pub record: KeyRecord,
+    /// The identity whose key it is.
+    pub owner: String,
+    /// When it was added.
+    pub added_at: String,
+}
+
+/// One signature on a version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SignatureInfo {
+    /// Who signed.
+    pub identity: String,
+    /// With which key.
+    pub fingerprint: String,
+    /// When.
+    pub signed_at: String,
+    /// The audit entry that recorded it.
+    pub audit_seq: u64,
+}
+
+/// A version as listed in a history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionInfo {
+    /// Template id.
+    pub template_id: String,
+    /// Version.
+    pub version: u64,
+    /// State.
+    pub state: VersionState,
+    /// Whether it is the active version.
+    pub active: bool,
+    /// Hex SHA-256 of the template.
+    pub digest: String,
+    /// Hex SHA-256 of its validation report.
+    pub validation_digest: Option<String>,
+    /// Who published it.
+    pub publisher: String,
+    /// When it was submitted.
+    pub submitted_at: String,
+    /// When it was approved.
+    pub approved_at: Option<String>,
+    /// When it was withdrawn.
+    pub withdrawn_at: Option<String>,
+    /// The `template.published` entry of its final envelope.
+    pub published_seq: Option<u64>,
+    /// Its signatures: the publisher's first, then the approvals.
+    pub signatures: Vec<SignatureInfo>,
+}
+
+/// A stored version with its text and envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// What a history lists.
+    pub info: VersionInfo,
+    /// The exact template bytes.
+    pub template: Vec<u8>,
+    /// The variable schema, canonical JSON.
+    pub variables_schema: String,
+    /// The envelope with every signature so far.
+    pub envelope: Envelope,
+}
+
+/// A template as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TemplateSummary {
+    /// Template id.
+    pub template_id: String,
+    /// Highest version stored.
+    pub latest: Option<u64>,
+    /// The active version.
+    pub active: Option<u64>,
+    /// A version waiting for approvals.
+    pub pending: Option<u64>,
+    /// The template's policy.
+    pub policy: TemplatePolicy,
+}
+
+/// What to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRequest<'a> {
+    /// Template id.
+    pub template_id: &'a str,
+    /// The exact template bytes.
+    pub template: &'a [u8],
+    /// The variable schema (JSON).
+    pub variables_schema: &'a [u8],
+    /// How long the signature stays good, in days.
+    pub valid_days: u32,
+    /// The pipeline's options (its `now` is the publication time).
+    pub validation: ValidationOptions,
+}
+
+/// What a change recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The audit entries appended.
+    pub entries: Vec<Appended>,
+    /// The checkpoint signed over them.
+    pub checkpoint: SignedCheckpoint,
+}
+
+/// What publishing or approving did.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Template id.
+    pub template_id: String,
+    /// Version.
+    pub version: u64,
+    /// Its state now.
+    pub state: VersionState,
+    /// The envelope with every signature so far.
+    pub envelope: Envelope,
+    /// Why it is still pending, when it is (the guard's refusal message).
+    pub waiting_for: Option<String>,
+    /// The validation report (publishing only).
+    pub report: Option<ValidationReport>,
+    /// The audit entries and checkpoint.
+    pub recorded: Recorded,
+}
+
+/// The template registry. See the module documentation.
+#[derive(Debug)]
+pub struct Registry {
+    log: AuditLog,
+}
+
+/// Keys in a keyring at most (`guard_core::provenance::MAX_KEYRING_KEYS`).
+const MAX_KEYS: usize = 64;
+
+impl Registry {
+    /// Opens the registry in the database at `path`, creating it (and its audit log) if needed.
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        Self::open_with_origin(path, None)
+    }
+
+    /// Opens or creates the registry; a new audit log gets `origin`, an existing one must
+    /// have it.
+    pub fn open_with_origin(path: &Path, origin: Option<&str>) -> Result<Self, RegistryError> {
+        let mut log = AuditLog::open_with_origin(path, origin)?;
+        store::init(log.connection())?;
+        Ok(Registry { log })
+    }
+
+    /// The audit log the registry records into.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.log
+    }
+
+    /// Makes the first identity, an admin, and returns its token. Refused once any identity
+    /// exists: after that only an admin makes identities.
+    pub fn bootstrap(
+        &mut self,
+        name: &str,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<String, RegistryError> {
+        check_identity_name(name)?;
+        let origin = self.log.origin().to_string();
+        let tx = self
+            .log
+            .connection()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if store::principal_count(&tx)? > 0 {
+            return Err(RegistryError::Conflict(
+                "the registry already has identities; an admin adds more with `sigil identity add`"
+                    .into(),
+            ));
+        }
+        let token = roles::new_token()?;
+        let key = roles::new_pseudonym_key()?;
+        let roles = BTreeSet::from([Role::Admin]);
+        store::insert_principal(
+            &tx,
+            name,
+            &roles,
+            &roles::token_hash(&token),
+            &key,
+            &now.to_string(),
+        )?;
+        let entry = NewEntry {
+            time: now.to_string(),
+            kind: EntryKind::Admin,
+            actor: "role:system".into(),
+            subject: Some(format!("identity {} roles admin", pseudonym_of(&key, name))),
+            digests: BTreeMap::new(),
+        };
+        audit::record_in(&tx, &origin, vec![entry], log_signer)?;
+        tx.commit()?;
+        Ok(token)
+    }
+
+    /// The identity a token belongs to.
+    pub fn authenticate(&self, token: &str) -> Result<Session, RegistryError> {
+        let token = token.trim();
+        if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
+            return Err(RegistryError::Unauthenticated(format!(
+                "a token starts with `{TOKEN_PREFIX}`"
+            )));
+        }
+        let conn = self.log_conn();
+        let row = store::principal_by_token(conn, &roles::token_hash(token))?
+            .ok_or_else(|| RegistryError::Unauthenticated("unknown token".into()))?;
+        if row.disabled_at.is_some() {
+            return Err(RegistryError::Unauthenticated(format!(
+                "identity `{}` is disabled",
+                row.name
+            )));
+        }
+        Ok(Session {
+            id: row.id,
+            name: row.name,
+            roles: row.roles,
+        })
+    }
+
+    /// Adds an identity with `roles` and returns its token (admin).
+    pub fn add_identity(
+        &mut self,
+        session: &Session,
+        name: &str,
+        roles: &BTreeSet<Role>,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<String, RegistryError> {
+        check_identity_name(name)?;
+        let token = roles::new_token()?;
+        let key = roles::new_pseudonym_key()?;
+        self.change(
+            session,
+            Role::Admin,
+            "add identities",
+            log_signer,
+            |tx, actor| {
+                if store::principal_by_name(tx, name)?.is_some() {
+                    return Err(RegistryError::Conflict(format!("identity `{name}` exists")));
+                }
+                store::insert_principal(
+                    tx,
+                    name,
+                    roles,
+                    &roles::token_hash(&token),
+                    &key,
+                    &now.to_string(),
+                )?;
+                Ok(vec![admin_entry(
+                    now,
+                    actor,
+                    format!(
+                        "identity {} roles {}",
+                        pseudonym_of(&key, name),
+                        roles_list(roles)
+                    ),
+                )])
+            },
+        )?;
+        Ok(token)
+    }
+
+    /// Replaces an identity's roles (admin). The last admin cannot give up the role.
+    pub fn set_roles(
+        &mut self,
+        session: &Session,
+        name: &str,
+        roles: &BTreeSet<Role>,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<Recorded, RegistryError> {
+        self.change(
+            session,
+            Role::Admin,
+            "change roles",
+            log_signer,
+            |tx, actor| {
+                let row = identity(tx, name)?;
+                if row.roles.contains(&Role::Admin)
+                    && !roles.contains(&Role::Admin)
+                    && row.disabled_at.is_none()
+                    && store::count_with_role(tx, Role::Admin)? <= 1
+                {
+                    return Err(RegistryError::Conflict(format!(
+                        "`{name}` is the last admin; make another admin first"
+                    )));
+                }
+                store::set_roles(tx, row.id, roles)?;
+                Ok(vec![admin_entry(
+                    now,
+                    actor,
+                    format!(
+                        "identity {} roles {}",
+                        pseudonym_of(&row.pseudonym_key, &row.name),
+                        roles_list(roles)
+                    ),
+                )])
+            },
+        )
+    }
+
+    /// Disables an identity (admin): its token stops working. The last admin cannot be
+    /// disabled.
+    pub fn disable_identity(
+        &mut self,
+        session: &Session,
+        name: &str,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<Recorded, RegistryError> {
+        self.change(
+            session,
+            Role::Admin,
+            "disable identities",
+            log_signer,
+            |tx, actor| {
+                let row = identity(tx, name)?;
+                if row.disabled_at.is_some() {
+                    return Err(RegistryError::Conflict(format!(
+                        "`{name}` is already disabled"
+                    )));
+                }
+                if row.roles.contains(&Role::Admin) && store::count_with_role(tx, Role::Admin)? <= 1
+                {
+                    return Err(RegistryError::Conflict(format!(
+                        "`{name}` is the last admin; make another admin first"
+                    )));
+                }
+                store::disable_principal(tx, row.id, &now.to_string())?;
+                Ok(vec![admin_entry(
+                    now,
+                    actor,
+                    format!(
+                        "identity {} disabled",
+                        pseudonym_of(&row.pseudonym_key, &row.name)
+                    ),
+                )])
+            },
+        )
+    }
+
+    /// Gives an identity a new token and returns it; the old one stops working (admin).
+    pub fn reissue_token(
+        &mut self,
+        session: &Session,
+        name: &str,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<String, RegistryError> {
+        let token = roles::new_token()?;
+        self.change(
+            session,
+            Role::Admin,
+            "issue tokens",
+            log_signer,
+            |tx, actor| {
+                let row = identity(tx, name)?;
+                store::set_token(tx, row.id, &roles::token_hash(&token))?;
+                Ok(vec![admin_entry(
+                    now,
+                    actor,
+                    format!(
+                        "identity {} token reissued",
+                        pseudonym_of(&row.pseudonym_key, &row.name)
+                    ),
+                )])
+            },
+        )?;
+        Ok(token)
+    }
+
+    /// Every identity (admin or auditor).
+    pub fn identities(&self, session: &Session) -> Result<Vec<IdentityInfo>, RegistryError> {
+        let conn = self.log_conn();
+        authorize_any(
+            conn,
+            session,
+            &[Role::Admin, Role::Auditor],
+            "list identities",
+        )?;
+        Ok(store::principals(conn)?
+            .into_iter()
+            .map(|p| IdentityInfo {
+                name: p.name,
+                roles: p.roles.iter().map(|r| r.as_str().to_string()).collect(),
+                created_at: p.created_at,
+                disabled_at: p.disabled_at,
+            })
+            .collect())
+    }
+
+    /// Adds a public key for `owner` to the keyring (admin). The key is checked as the verifier
+    /// checks it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_key(
+        &mut self,
+        session: &Session,
+        owner: &str,
+        spki: &[u8],
+        scheme: Scheme,
+        valid_from: Timestamp,
+        valid_until: Option<Timestamp>,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<String, RegistryError> {
+        let fp = fingerprint(spki);
+        guard_core::PinnedKey::from_spki(spki, scheme).map_err(|e| {
+            RegistryError::Invalid(format!("the verifier would refuse this key: {e}"))
+        })?;
+        if valid_until.is_some_and(|until| until <= valid_from) {
+            return Err(RegistryError::Invalid(
+                "the key's end must be later than its start".into(),
+            ));
+        }
+        self.change(session, Role::Admin, "add keys", log_signer, |tx, actor| {
+            let owner = identity(tx, owner)?;
+            insert_key(
+                tx,
+                &fp,
+                spki,
+                scheme,
+                owner.id,
+                valid_from,
+                valid_until,
+                now,
+            )?;
+            Ok(vec![key_entry(now, actor, &fp, "added", BTreeMap::new())])
+        })?;
+        Ok(fp)
+    }
+
+    /// Revokes a key from `at` on (admin): from then on none of its signatures counts,
+    /// whenever made.
+    pub fn revoke_key(
+        &mut self,
+        session: &Session,
+        fingerprint: &str,
+        at: Timestamp,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<Recorded, RegistryError> {
+        self.change(
+            session,
+            Role::Admin,
+            "revoke keys",
+            log_signer,
+            |tx, actor| {
+                let key = stored_key(tx, fingerprint)?;
+                if let Some(revoked) = &key.revoked_at {
+                    return Err(RegistryError::Conflict(format!(
+                        "key {fingerprint} is revoked already (from {revoked})"
+                    )));
+                }
+                store::set_key_end(
+                    tx,
+                    fingerprint,
+                    key.valid_until.as_deref(),
+                    Some(&at.to_string()),
+                )?;
+                Ok(vec![key_entry(
+                    now,
+                    actor,
+                    fingerprint,
+                    "revoked",
+                    BTreeMap::new(),
+                )])
+            },
+        )
+    }
+
+    /// Rotates a key (admin): the new key joins the keyring for the old key's owner from now
+    /// on, and the old key is retired at `retire_old_at` (signatures by it stop counting then;
+    /// without it, the old key stays until retired or revoked later).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rotate_key(
+        &mut self,
+        session: &Session,
+        old_fingerprint: &str,
+        new_spki: &[u8],
+        scheme: Scheme,
+        retire_old_at: Option<Timestamp>,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<String, RegistryError> {
+        let new_fp = fingerprint(new_spki);
+        guard_core::PinnedKey::from_spki(new_spki, scheme).map_err(|e| {
+            RegistryError::Invalid(format!("the verifier would refuse the new key: {e}"))
+        })?;
+        self.change(
+            session,
+            Role::Admin,
+            "rotate keys",
+            log_signer,
+            |tx, actor| {
+                let old = stored_key(tx, old_fingerprint)?;
+                if old.revoked_at.is_some() {
+                    return Err(RegistryError::Conflict(format!(
+                        "key {old_fingerprint} is revoked; add a new key instead of rotating it"
+                    )));
+                }
+                if let Some(retire) = retire_old_at {
+                    let from = parse_stored_time(&old.valid_from)?;
+                    if retire <= from {
+                        return Err(RegistryError::Invalid(
+                            "the old key would retire before it became valid".into(),
+                        ));
+                    }
+                    store::set_key_end(tx, old_fingerprint, Some(&retire.to_string()), None)?;
+                }
+                insert_key(tx, &new_fp, new_spki, scheme, old.owner, now, None, now)?;
+                let digests = BTreeMap::from([
+                    ("old_key".to_string(), old_fingerprint.to_string()),
+                    ("new_key".to_string(), new_fp.clone()),
+                ]);
+                Ok(vec![key_entry(now, actor, &new_fp, "rotated", digests)])
+            },
+        )?;
+        Ok(new_fp)
+    }
+
+    /// Every key, with its owner (any role).
+    pub fn keys(&self, session: &Session) -> Result<Vec<KeyInfo>, RegistryError> {
+        let conn = self.log_conn();
+        authorize_any(conn, session, &Role::ALL, "read the keyring")?;
+        key_infos(conn)
+    }
+
+    /// The keyring verifiers pin: `{keys: [...]}` (any role).
+    pub fn keyring(&self, session: &Session) -> Result<Vec<KeyRecord>, RegistryError> {
+        Ok(self.keys(session)?.into_iter().map(|k| k.record).collect())
+    }
+
+    /// A template's policy; the default (one signature by any key) when none was set (any
+    /// role).
+    pub fn template_policy(
+        &self,
+        session: &Session,
+        template_id: &str,
+    ) -> Result<TemplatePolicy, RegistryError> {
+        let conn = self.log_conn();
+        authorize_any(conn, session, &Role::ALL, "read template policies")?;
+        template_policy(conn, template_id)
+    }
+
+    /// Sets how many distinct signers, among which keys, a template's versions need (admin).
+    /// `None` goes back to one signature by any key.
+    pub fn set_approvals(
+        &mut self,
+        session: &Session,
+        template_id: &str,
+        approvals: Option<Approvals>,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<TemplatePolicy, RegistryError> {
+        check_template_id(template_id)?;
+        let mut result = None;
+        self.change(
+            session,
+            Role::Admin,
+            "set template policies",
+            log_signer,
+            |tx, actor| {
+                let mut policy = template_policy(tx, template_id)?;
+                if let Some(approvals) = &approvals {
+                    for fp in &approvals.of {
+                        stored_key(tx, fp)?;
+                    }
+                }
+                policy.approvals = approvals.clone();
+                let entry = store_policy(tx, template_id, &policy, now, actor)?;
+                result = Some(policy);
+                Ok(vec![entry])
+            },
+        )?;
+        result.ok_or_else(|| RegistryError::Corrupt("policy not set".into()))
+    }
+
+    /// Withdraws a version (admin): it is never to be used again, and an approved one raises
+    /// the template's `min_version` above it, so neither it nor anything older can be pinned.
+    pub fn withdraw(
+        &mut self,
+        session: &Session,
+        template_id: &str,
+        version: u64,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<TemplatePolicy, RegistryError> {
+        let mut result = None;
+        self.change(
+            session,
+            Role::Admin,
+            "withdraw templates",
+            log_signer,
+            |tx, actor| {
+                let mut row = stored_version(tx, template_id, version)?;
+                if row.state == VersionState::Withdrawn {
+                    return Err(RegistryError::Conflict(format!(
+                        "`{template_id}` v{version} is withdrawn already"
+                    )));
+                }
+                let mut policy = template_policy(tx, template_id)?;
+                if row.state == VersionState::Approved {
+                    policy.min_version = policy.min_version.max(version.saturating_add(1));
+                }
+                if !policy.withdrawn.contains(&version) {
+                    policy.withdrawn.push(version);
+                    policy.withdrawn.sort_unstable();
+                }
+                row.state = VersionState::Withdrawn;
+                row.withdrawn_at = Some(now.to_string());
+                store::update_version(tx, &row)?;
+                let entry = store_policy(tx, template_id, &policy, now, actor)?;
+                result = Some(policy);
+                Ok(vec![entry])
+            },
+        )?;
+        result.ok_or_else(|| RegistryError::Corrupt("policy not set".into()))
+    }
+
+    /// Publishes the next version of a template (publisher): validates it, signs it with the
+    /// publisher's own key (which must be in the keyring under their name), and stores it as
+    /// approved if it verifies under the template's policy, or as pending if it still needs
+    /// approvals. A refused validation is recorded in the log as a `refusal` with its report.
+    pub fn publish(
+        &mut self,
+        session: &Session,
+        request: &PublishRequest<'_>,
+        signer: &dyn Signer,
+        log_signer: &dyn Signer,
+        engine: &GuardEngine,
+    ) -> Result<Publication, RegistryError> {
+        let now = request.validation.now;
+        let template_id = request.template_id;
+        check_template_id(template_id)?;
+        let conn = self.log_conn();
+        authorize(conn, session, Role::Publisher, "publish templates")?;
+        let key_fp = check_signing_key(conn, session, signer, now)?;
+        let history = store::versions(conn, template_id)?;
+        if let Some(pending) = history.iter().find(|v| v.state == VersionState::Pending) {
+            return Err(RegistryError::Conflict(format!(
+                "`{template_id}` v{} is waiting for approvals; approve or withdraw it first",
+                pending.version
+            )));
+        }
+        let previous = history.last();
+        let version = previous.map_or(1, |p| p.version.saturating_add(1));
+        let schema: serde_json::Value = serde_json::from_slice(request.variables_schema)
+            .map_err(|e| RegistryError::Invalid(format!("the variable schema is not JSON: {e}")))?;
+        let candidate = Candidate {
+            template_id,
+            template: request.template,
+            schema: request.variables_schema,
+            previous: previous.map(|p| p.template.as_slice()),
+        };
+        let report = validate(&candidate, &request.validation, engine)?;
+        let report_json = report.to_json();
+        let report_digest = report.digest();
+        let actor = self.actor(session)?;
+        if !report.passed {
+            let origin = self.log.origin().to_string();
+            let tx = self
+                .log
+                .connection()
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            authorize(&tx, session, Role::Publisher, "publish templates")?;
+            store::insert_report(&tx, &report_digest, &report_json)?;
+            let entry = NewEntry {
+                time: now.to_string(),
+                kind: EntryKind::Refusal,
+                actor,
+                subject: Some(format!("{template_id}@{version} validation")),
+                digests: BTreeMap::from([("validation".to_string(), report_digest.clone())]),
+            };
+            audit::record_in(&tx, &origin, vec![entry], log_signer)?;
+            tx.commit()?;
+            return Err(RegistryError::Validation(Box::new(report)));
+        }
+        let sign_request = SignRequest {
+            template_id,
+            version,
+            template: request.template,
+            variables_schema: &schema,
+            prev_digest: previous.map(|p| p.digest.clone()),
+            signer: session.name(),
+            signed_at: now,
+            not_after: now.saturating_add_seconds(i64::from(request.valid_days.max(1)) * 86_400),
+            validation_digest: Some(report_digest.clone()),
+        };
+        let envelope = sign_template(&sign_request, signer)?;
+        let policy = template_policy(conn, template_id)?;
+        let verdict = evaluate(
+            conn,
+            engine,
+            &envelope,
+            request.template,
+            template_id,
+            &policy,
+            &history,
+            now,
+        )?;
+        let digest = sha256_hex(request.template);
+        let origin = self.log.origin().to_string();
+        let tx = self
+            .log
+            .connection()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        authorize(&tx, session, Role::Publisher, "publish templates")?;
+        // Someone may have published meanwhile: the version chosen must still be the next.
+        let latest = store::versions(&tx, template_id)?.last().map(|v| v.version);
+        if latest != previous.map(|p| p.version) {
+            return Err(RegistryError::Conflict(format!(
+                "`{template_id}` changed while this was signed (now at v{}); publish again",
+                latest.unwrap_or(0)
+            )));
+        }
+        let envelope_json =
+            serde_json::to_string(&envelope).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let next_seq = self_next_seq(&tx)?;
+        let mut row = VersionRow {
+            template_id: template_id.to_string(),
+            version,
+            state: VersionState::Pending,
+            template: request.template.to_vec(),
+            variables_schema: canonical_json(&schema),
+            digest: digest.clone(),
+            envelope: envelope_json,
+            report_digest: Some(report_digest.clone()),
+            publisher: session.id,
+            submitted_at: now.to_string(),
+            approved_at: None,
+            withdrawn_at: None,
+            published_seq: None,
+        };
+        let subject = format!("{template_id}@{version}");
+        let mut digests = BTreeMap::from([
+            (
+                "envelope".to_string(),
+                guard_core::transparency::envelope_digest(&envelope).map_err(AuditError::from)?,
+            ),
+            ("template".to_string(), digest),
+            ("validation".to_string(), report_digest.clone()),
+            ("key".to_string(), key_fp.clone()),
+        ]);
+        let (kind, waiting_for) = match &verdict {
+            Verdict::Verified => {
+                row.state = VersionState::Approved;
+                row.approved_at = Some(now.to_string());
+                row.published_seq = Some(next_seq);
+                (EntryKind::TemplatePublished, None)
+            }
+            Verdict::NeedsApprovals(message) => {
+                (EntryKind::TemplateSubmitted, Some(message.clone()))
+            }
+        };
+        if kind == EntryKind::TemplatePublished {
+            digests.remove("key");
+        }
+        store::insert_report(&tx, &report_digest, &report_json)?;
+        store::insert_version(&tx, &row)?;
+        store::insert_signature(
+            &tx,
+            template_id,
+            version,
+            &SignatureRow {
+                principal: session.id,
+                fingerprint: key_fp,
+                signed_at: now.to_string(),
+                audit_seq: next_seq,
+            },
+        )?;
+        let entry = NewEntry {
+            time: now.to_string(),
+            kind,
+            actor,
+            subject: Some(subject),
+            digests,
+        };
+        let (entries, checkpoint) = audit::record_in(&tx, &origin, vec![entry], log_signer)?;
+        tx.commit()?;
+        Ok(Publication {
+            template_id: template_id.to_string(),
+            version,
+            state: row.state,
+            envelope,
+            waiting_for,
+            report: Some(report),
+            recorded: Recorded {
+                entries,
+                checkpoint,
+            },
+        })
+    }
+
+    /// Approves a pending version (reviewer): the reviewer's signature over the same envelope,
+    /// with their own key. One approval per person; the publisher's own signature is already
+    /// theirs. When the envelope then verifies under the template's policy, the version is
+    /// approved and its final envelope recorded as published.
+    #[allow(clippy::too_many_arguments)]
+    pub fn approve(
+        &mut self,
+        session: &Session,
+        template_id: &str,
+        version: u64,
+        signer: &dyn Signer,
+        log_signer: &dyn Signer,
+        engine: &GuardEngine,
+        now: Timestamp,
+    ) -> Result<Publication, RegistryError> {
+        let conn = self.log_conn();
+        authorize(conn, session, Role::Reviewer, "approve templates")?;
+        let key_fp = check_signing_key(conn, session, signer, now)?;
+        let row = stored_version(conn, template_id, version)?;
+        if row.state != VersionState::Pending {
+            return Err(RegistryError::Conflict(format!(
+                "`{template_id}` v{version} is {}, not waiting for approvals",
+                row.state.as_str()
+            )));
+        }
+        let signatures = store::signatures(conn, template_id, version)?;
+        if signatures.iter().any(|s| s.principal == session.id) {
+            return Err(RegistryError::Conflict(format!(
+                "`{}` has signed `{template_id}` v{version} already; approvals come from other people",
+                session.name()
+            )));
+        }
+        if signatures.iter().any(|s| s.fingerprint == key_fp) {
+            return Err(RegistryError::Conflict(format!(
+                "key {key_fp} has signed `{template_id}` v{version} already"
+            )));
+        }
+        let mut envelope: Envelope = serde_json::from_str(&row.envelope)
+            .map_err(|e| RegistryError::Corrupt(format!("stored envelope: {e}")))?;
+        let payload = STANDARD
+            .decode(envelope.payload.as_bytes())
+            .map_err(|e| RegistryError::Corrupt(format!("stored envelope payload: {e}")))?;
+        let signature = signer.sign(&pae(&envelope.payload_type, &payload))?;
+        envelope.signatures.push(EnvelopeSignature {
+            keyid: signer.key_id(),
+            sig: STANDARD.encode(signature),
+        });
+        let history = store::versions(conn, template_id)?;
+        let policy = template_policy(conn, template_id)?;
+        let verdict = evaluate(
+            conn,
+            engine,
+            &envelope,
+            &row.template,
+            template_id,
+            &policy,
+            &history,
+            now,
+        )?;
+        let actor = self.actor(session)?;
+        let origin = self.log.origin().to_string();
+        let tx = self
+            .log
+            .connection()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        authorize(&tx, session, Role::Reviewer, "approve templates")?;
+        // The envelope signed must still be the stored one (another approval may have landed).
+        let mut current = stored_version(&tx, template_id, version)?;
+        if current.envelope != row.envelope || current.state != VersionState::Pending {
+            return Err(RegistryError::Conflict(format!(
+                "`{template_id}` v{version} changed while this was signed; approve again"
+            )));
+        }
+        let seq = self_next_seq(&tx)?;
+        let envelope_digest =
+            guard_core::transparency::envelope_digest(&envelope).map_err(AuditError::from)?;
+        let subject = format!("{template_id}@{version}");
+        let mut entries = vec![NewEntry {
+            time: now.to_string(),
+            kind: EntryKind::Approval,
+            actor: actor.clone(),
+            subject: Some(subject.clone()),
+            digests: BTreeMap::from([
+                ("envelope".to_string(), envelope_digest.clone()),
+                ("template".to_string(), row.digest.clone()),
+                ("key".to_string(), key_fp.clone()),
+            ]),
+        }];
+        current.envelope =
+            serde_json::to_string(&envelope).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let waiting_for = match verdict {
+            Verdict::Verified => {
+                current.state = VersionState::Approved;
+                current.approved_at = Some(now.to_string());
+                current.published_seq = Some(seq.saturating_add(1));
+                let mut digests = BTreeMap::from([
+                    ("envelope".to_string(), envelope_digest),
+                    ("template".to_string(), row.digest.clone()),
+                ]);
+                if let Some(report) = &row.report_digest {
+                    digests.insert("validation".to_string(), report.clone());
+                }
+                entries.push(NewEntry {
+                    time: now.to_string(),
+                    kind: EntryKind::TemplatePublished,
+                    actor,
+                    subject: Some(subject),
+                    digests,
+                });
+                None
+            }
+            Verdict::NeedsApprovals(message) => Some(message),
+        };
+        store::update_version(&tx, &current)?;
+        store::insert_signature(
+            &tx,
+            template_id,
+            version,
+            &SignatureRow {
+                principal: session.id,
+                fingerprint: key_fp,
+                signed_at: now.to_string(),
+                audit_seq: seq,
+            },
+        )?;
+        let (appended, checkpoint) = audit::record_in(&tx, &origin, entries, log_signer)?;
+        tx.commit()?;
+        Ok(Publication {
+            template_id: template_id.to_string(),
+            version,
+            state: current.state,
+            envelope,
+            waiting_for,
+            report: None,
+            recorded: Recorded {
+                entries: appended,
+                checkpoint,
+            },
+        })
+    }
+
+    /// Every template, with its latest, active and pending versions (any role).
+    pub fn list(&self, session: &Session) -> Result<Vec<TemplateSummary>, RegistryError> {
+        let conn = self.log_conn();
+        authorize_any(conn, session, &Role::ALL, "list templates")?;
+        store::template_ids(conn)?
+            .into_iter()
+            .map(|id| {
+                let versions = store::versions(conn, &id)?;
+                let policy = template_policy(conn, &id)?;
+                Ok(TemplateSummary {
+                    latest: versions.last().map(|v| v.version),
+                    active: active_version(&versions, &policy).map(|v| v.version),
+                    pending: versions
+                        .iter()
+                        .find(|v| v.state == VersionState::Pending)
+                        .map(|v| v.version),
+                    template_id: id,
+                    policy,
+                })
+            })
+            .collect()
+    }
+
+    /// Every version of a template, oldest first (any role).
+    pub fn history(
+        &self,
+        session: &Session,
+        template_id: &str,
+    ) -> Result<Vec<VersionInfo>, RegistryError> {
+        let conn = self.log_conn();
+        authorize_any(conn, session, &Role::ALL, "read template history")?;
+        let versions = store::versions(conn, template_id)?;
+        if versions.is_empty() {
+            return Err(RegistryError::NotFound(format!(
+                "no template `{}`",
+                shorten(template_id)
+            )));
+        }
+        let policy = template_policy(conn, template_id)?;
+        let active = active_version(&versions, &policy).map(|v| v.version);
+        versions
+            .iter()
+            .map(|v| version_info(conn, v, active))
+            .collect()
+    }
+
+    /// One version with its text and envelope; without a version, the active one (any role).
+    pub fn show(
+        &self,
+        session: &Session,
+        template_id: &str,
+        version: Option<u64>,
+    ) -> Result<StoredVersion, RegistryError> {
+        let conn = self.log_conn();
+        authorize_any(conn, session, &Role::ALL, "read templates")?;
+        let versions = store::versions(conn, template_id)?;
+        let policy = template_policy(conn, template_id)?;
+        let active = active_version(&versions, &policy).map(|v| v.version);
+        let row = match version {
+            Some(version) => versions.iter().find(|v| v.version == version),
+            None => versions.iter().find(|v| Some(v.version) == active),
+        }
+        .ok_or_else(|| {
+            RegistryError::NotFound(match version {
+                Some(v) => format!("no version {v} of `{}`", shorten(template_id)),
+                None => format!("`{}` has no active version", shorten(template_id)),
+            })
+        })?;
+        Ok(StoredVersion {
+            info: version_info(conn, row, active)?,
+            template: row.template.clone(),
+            variables_schema: row.variables_schema.clone(),
+            envelope: serde_json::from_str(&row.envelope)
+                .map_err(|e| RegistryError::Corrupt(format!("stored envelope: {e}")))?,
+        })
+    }
+
+    /// A stored validation report by its digest (any role).
+    pub fn report(&self, session: &Session, digest: &str) -> Result<String, RegistryError> {
+        let conn = self.log_conn();
+        authorize_any(conn, session, &Role::ALL, "read validation reports")?;
+        store::report(conn, digest)?
+            .ok_or_else(|| RegistryError::NotFound(format!("no report {}", shorten(digest))))
+    }
+
+    /// An offline bundle for an approved version: its final envelope, the `template.published`
+    /// entry, an inclusion proof and the latest checkpoint (any role).
+    pub fn bundle(
+        &self,
+        session: &Session,
+        template_id: &str,
+        version: Option<u64>,
+    ) -> Result<OfflineBundle, RegistryError> {
+        let stored = self.show(session, template_id, version)?;
+        let seq = stored.info.published_seq.ok_or_else(|| {
+            RegistryError::Conflict(format!(
+                "`{template_id}` v{} is not approved; only approved versions have bundles",
+                stored.info.version
+            ))
+        })?;
+        let policy = template_policy(self.log_conn(), template_id)?;
+        let policy =
+            serde_json::to_value(policy).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        Ok(self.log.offline_bundle(seq, &stored.envelope, policy)?)
+    }
+
+    /// A verification request for the active version (or `version`), with the registry's
+    /// keyring and the template's policy: what a verifier is handed (any role).
+    pub fn verification_request(
+        &self,
+        session: &Session,
+        template_id: &str,
+        version: Option<u64>,
+        now: Timestamp,
+    ) -> Result<serde_json::Value, RegistryError> {
+        let stored = self.show(session, template_id, version)?;
+        let conn = self.log_conn();
+        let policy = template_policy(conn, template_id)?;
+        let keys: Vec<KeyRecord> = key_infos(conn)?.into_iter().map(|k| k.record).collect();
+        let text = String::from_utf8(stored.template)
+            .map_err(|_| RegistryError::Corrupt("stored template is not UTF-8".into()))?;
+        Ok(serde_json::json!({
+            "envelope": stored.envelope,
+            "template": text,
+            "keyring": {"keys": keys},
+            "template_policy": policy,
+            "template_id": template_id,
+            "version": version,
+            "now": now.to_string(),
+        }))
+    }
+
+    fn log_conn(&self) -> &rusqlite::Connection {
+        self.log.connection_ref()
+    }
+
+    /// The audit actor for an identity: its keyed pseudonym.
+    fn actor(&self, session: &Session) -> Result<String, RegistryError> {
+        let row = store::principal_by_id(self.log_conn(), session.id)?
+            .ok_or_else(|| RegistryError::Unauthenticated("identity is gone".into()))?;
+        Ok(pseudonym_of(&row.pseudonym_key, &row.name))
+    }
+
+    /// Runs an admin-style change: authorizes inside the transaction, lets `f` write and name
+    /// its entries, and records them with a signed checkpoint before committing.
+    fn change(
+        &mut self,
+        session: &Session,
+        role: Role,
+        action: &'static str,
+        log_signer: &dyn Signer,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, String) -> Result<Vec<NewEntry>, RegistryError>,
+    ) -> Result<Recorded, RegistryError> {
+        let origin = self.log.origin().to_string();
+        let tx = self
+            .log
+            .connection()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let caller = authorize(&tx, session, role, action)?;
+        let actor = pseudonym_of(&caller.pseudonym_key, &caller.name);
+        let entries = f(&tx, actor)?;
+        let (entries, checkpoint) = audit::record_in(&tx, &origin, entries, log_signer)?;
+        tx.commit()?;
+        Ok(Recorded {
+            entries,
+            checkpoint,
+        })
+    }
+}
+
+/// Whether a freshly signed envelope verifies, or only lacks approvals.
+enum Verdict {
+    Verified,
+    NeedsApprovals(String),
+}
+
+/// Asks the guard whether `envelope` verifies as the template's next active version against
+/// the registry's keyring and the template's policy, above the current active version.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    conn: &rusqlite::Connection,
+    engine: &GuardEngine,
+    envelope: &Envelope,
+    template: &[u8],
+    template_id: &str,
+    policy: &TemplatePolicy,
+    history: &[VersionRow],
+    now: Timestamp,
+) -> Result<Verdict, RegistryError> {
+    let keys: Vec<KeyRecord> = key_infos(conn)?.into_iter().map(|k| k.record).collect();
+    let high_water = active_version(history, policy).map(|v| HighWater {
+        version: v.version,
+        digest: v.digest.clone(),
+    });
+    let text = std::str::from_utf8(template)
+        .map_err(|_| RegistryError::Invalid("the template is not UTF-8".into()))?;
+    let request = serde_json::json!({
+        "envelope": envelope,
+        "template": text,
+        "keyring": {"keys": keys},
+        "template_policy": policy,
+        "template_id": template_id,
+        "high_water": high_water,
+        "now": now.to_string(),
+    });
+    match engine.verify_json(&request.to_string())? {
+        Ok(_) => Ok(Verdict::Verified),
+        Err(refusal) if refusal.code == "not_enough_approvals" => {
+            Ok(Verdict::NeedsApprovals(refusal.message))
+        }
+        Err(refusal) => Err(RegistryError::Refused {
+            code: refusal.code,
+            message: refusal.message,
+        }),
+    }
+}
+
+/// The highest approved version that is not withdrawn and not below `min_version`.
+fn active_version<'a>(
+    versions: &'a [VersionRow],
+    policy: &TemplatePolicy,
+) -> Option<&'a VersionRow> {
+    versions
+        .iter()
+        .filter(|v| {
+            v.state == VersionState::Approved
+                && v.version >= policy.min_version
+                && !policy.withdrawn.contains(&v.version)
+        })
+        .max_by_key(|v| v.version)
+}
+
+fn version_info(
+    conn: &rusqlite::Connection,
+    row: &VersionRow,
+    active: Option<u64>,
+) -> Result<VersionInfo, RegistryError> {
+    let names = identity_names(conn)?;
+    let name = |id: i64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    Ok(VersionInfo {
+        template_id: row.template_id.clone(),
+        version: row.version,
+        state: row.state,
+        active: active == Some(row.version),
+        digest: row.digest.clone(),
+        validation_digest: row.report_digest.clone(),
+        publisher: name(row.publisher),
+        submitted_at: row.submitted_at.clone(),
+        approved_at: row.approved_at.clone(),
+        withdrawn_at: row.withdrawn_at.clone(),
+        published_seq: row.published_seq,
+        signatures: store::signatures(conn, &row.template_id, row.version)?
+            .into_iter()
+            .map(|s| SignatureInfo {
+                identity: name(s.principal),
+                fingerprint: s.fingerprint,
+                signed_at: s.signed_at,
+                audit_seq: s.audit_seq,
+            })
+            .collect(),
+    })
+}
+
+fn identity_names(conn: &rusqlite::Connection) -> Result<BTreeMap<i64, String>, RegistryError> {
+    Ok(store::principals(conn)?
+        .into_iter()
+        .map(|p| (p.id, p.name))
+        .collect())
+}
+
+fn key_infos(conn: &rusqlite::Connection) -> Result<Vec<KeyInfo>, RegistryError> {
+    let names = identity_names(conn)?;
+    store::keys(conn)?
+        .into_iter()
+        .map(|k| {
+            let scheme = parse_scheme(&k.scheme)?;
+            Ok(KeyInfo {
+                owner: names
+                    .get(&k.owner)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", k.owner)),
+                added_at: k.added_at,
+                record: KeyRecord {
+                    fingerprint: k.fingerprint,
+                    spki: STANDARD.encode(&k.spki),
+                    scheme,
+                    valid_from: k.valid_from,
+                    valid_until: k.valid_until,
+                    revoked_at: k.revoked_at,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The caller's row, if it is enabled and holds `role`.
+fn authorize(
+    conn: &rusqlite::Connection,
+    session: &Session,
+    role: Role,
+    action: &'static str,
+) -> Result<PrincipalRow, RegistryError> {
+    authorize_any(conn, session, &[role], action)
+}
+
+fn authorize_any(
+    conn: &rusqlite::Connection,
+    session: &Session,
+    roles: &[Role],
+    action: &'static str,
+) -> Result<PrincipalRow, RegistryError> {
+    let row = store::principal_by_id(conn, session.id)?
+        .ok_or_else(|| RegistryError::Unauthenticated("identity is gone".into()))?;
+    if row.disabled_at.is_some() {
+        return Err(RegistryError::Unauthenticated(format!(
+            "identity `{}` is disabled",
+            row.name
+        )));
+    }
+    if roles.iter().any(|r| row.roles.contains(r)) {
+        return Ok(row);
+    }
+    Err(RegistryError::Forbidden {
+        identity: row.name,
+        action,
+        role: roles.first().copied().unwrap_or(Role::Admin),
+    })
+}
+
+/// The signer's key must be in the keyring, owned by the caller, valid now and not revoked:
+/// a signature is a person's, so nobody signs with another's key.
+fn check_signing_key(
+    conn: &rusqlite::Connection,
+    session: &Session,
+    signer: &dyn Signer,
+    now: Timestamp,
+) -> Result<String, RegistryError> {
+    let fp = fingerprint(signer.public_key_der());
+    let key = store::key(conn, &fp)?.ok_or_else(|| {
+        RegistryError::Invalid(format!(
+            "key {fp} is not in the keyring; an admin adds it with `sigil template add-key`"
+        ))
+    })?;
+    if key.owner != session.id {
+        return Err(RegistryError::Invalid(format!(
+            "key {fp} is not `{}`'s; sign with your own key",
+            session.name()
+        )));
+    }
+    if key.scheme != scheme_name(signer.scheme()) {
+        return Err(RegistryError::Invalid(format!(
+            "key {fp} is pinned for {}, but the signer uses {}",
+            key.scheme,
+            scheme_name(signer.scheme())
+        )));
+    }
+    if let Some(revoked) = &key.revoked_at {
+        if parse_stored_time(revoked)? <= now {
+            return Err(RegistryError::Invalid(format!(
+                "key {fp} is revoked (from {revoked})"
+            )));
+        }
+    }
+    let from = parse_stored_time(&key.valid_from)?;
+    let until = key
+        .valid_until
+        .as_deref()
+        .map(parse_stored_time)
+        .transpose()?;
+    if now < from || until.is_some_and(|u| now >= u) {
+        return Err(RegistryError::Invalid(format!(
+            "key {fp} may sign only within [{}, {})",
+            key.valid_from,
+            key.valid_until.as_deref().unwrap_or("")
+        )));
+    }
+    Ok(fp)
+}
+
+fn parse_scheme(name: &str) -> Result<Scheme, RegistryError> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| RegistryError::Corrupt(format!("key scheme `{}`", shorten(name))))
+}
+
+fn scheme_name(scheme: Scheme) -> String {
+    serde_json::to_value(scheme)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_key(
+    tx: &rusqlite::Transaction<'_>,
+    fp: &str,
+    spki: &[u8],
+    scheme: Scheme,
+    owner: i64,
+    valid_from: Timestamp,
+    valid_until: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<(), RegistryError> {
+    if store::key(tx, fp)?.is_some() {
+        return Err(RegistryError::Conflict(format!(
+            "key {fp} is in the keyring already"
+        )));
+    }
+    // The same modulus under another encoding would be one signer under two fingerprints.
+    let new_key = guard_core::PinnedKey::from_spki(spki, scheme)
+        .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let existing = store::keys(tx)?;
+    if existing.len() >= MAX_KEYS {
+        return Err(RegistryError::Conflict(format!(
+            "the keyring holds {MAX_KEYS} keys, the most a verifier accepts"
+        )));
+    }
+    for other in &existing {
+        let same = parse_scheme(&other.scheme)
+            .ok()
+            .and_then(|s| guard_core::PinnedKey::from_spki(&other.spki, s).ok())
+            .is_some_and(|k| k.same_modulus(&new_key));
+        if same {
+            return Err(RegistryError::Conflict(format!(
+                "the keyring has this key already, as {}",
+                other.fingerprint
+            )));
+        }
+    }
+    store::insert_key(
+        tx,
+        &KeyRow {
+            fingerprint: fp.to_string(),
+            spki: spki.to_vec(),
+            scheme: scheme_name(scheme),
+            owner,
+            valid_from: valid_from.to_string(),
+            valid_until: valid_until.map(|t| t.to_string()),
+            revoked_at: None,
+            added_at: now.to_string(),
+        },
+    )
+}
+
+fn template_policy(
+    conn: &rusqlite::Connection,
+    template_id: &str,
+) -> Result<TemplatePolicy, RegistryError> {
+    match store::policy(conn, template_id)? {
+        Some(json) => TemplatePolicy::from_json(json.as_bytes())
+            .map_err(|e| RegistryError::Corrupt(format!("policy of `{template_id}`: {e}"))),
+        None => Ok(TemplatePolicy::default()),
+    }
+}
+
+fn store_policy(
+    tx: &rusqlite::Transaction<'_>,
+    template_id: &str,
+    policy: &TemplatePolicy,
+    now: Timestamp,
+    actor: String,
+) -> Result<NewEntry, RegistryError> {
+    policy
+        .check()
+        .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let json = serde_json::to_string(policy).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+    store::set_policy(tx, template_id, &json)?;
+    Ok(NewEntry {
+        time: now.to_string(),
+        kind: EntryKind::Admin,
+        actor,
+        subject: Some(format!("{template_id} policy")),
+        digests: BTreeMap::from([("policy".to_string(), sha256_hex(json.as_bytes()))]),
+    })
+}
+
+fn stored_version(
+    conn: &rusqlite::Connection,
+    template_id: &str,
+    version: u64,
+) -> Result<VersionRow, RegistryError> {
+    store::versions(conn, template_id)?
+        .into_iter()
+        .find(|v| v.version == version)
+        .ok_or_else(|| {
+            RegistryError::NotFound(format!(
+                "no version {version} of `{}`",
+                shorten(template_id)
+            ))
+        })
+}
+
+fn stored_key(conn: &rusqlite::Connection, fingerprint: &str) -> Result<KeyRow, RegistryError> {
+    store::key(conn, fingerprint)?.ok_or_else(|| {
+        RegistryError::NotFound(format!("no key {} in the keyring", shorten(fingerprint)))
+    })
+}
+
+fn identity(conn: &rusqlite::Connection, name: &str) -> Result<PrincipalRow, RegistryError> {
+    store::principal_by_name(conn, name)?
+        .ok_or_else(|| RegistryError::NotFound(format!("no identity `{}`", shorten(name))))
+}
+
+fn self_next_seq(tx: &rusqlite::Transaction<'_>) -> Result<u64, RegistryError> {
+    Ok(audit::next_seq_in(tx)?)
+}
+
+fn admin_entry(now: Timestamp, actor: String, subject: String) -> NewEntry {
+    NewEntry {
+        time: now.to_string(),
+        kind: EntryKind::Admin,
+        actor,
+        subject: Some(subject),
+        digests: BTreeMap::new(),
+    }
+}
+
+fn key_entry(
+    now: Timestamp,
+    actor: String,
+    fingerprint: &str,
+    what: &str,
+    mut digests: BTreeMap<String, String>,
+) -> NewEntry {
+    digests
+        .entry("key".to_string())
+        .or_insert_with(|| fingerprint.to_string());
+    NewEntry {
+        time: now.to_string(),
+        kind: EntryKind::KeyRotated,
+        actor,
+        subject: Some(format!("key {} {what}", short_fp(fingerprint))),
+        digests,
+    }
+}
+
+fn short_fp(fp: &str) -> &str {
+    fp.get(..16).unwrap_or(fp)
+}
+
+fn pseudonym_of(key: &[u8], name: &str) -> String {
+    audit::pseudonym(key, name)
+}
+
+fn roles_list(roles: &BTreeSet<Role>) -> String {
+    if roles.is_empty() {
+        "none".into()
+    } else {
+        roles::roles_to_text(roles)
+    }
+}
+
+fn parse_stored_time(text: &str) -> Result<Timestamp, RegistryError> {
+    Timestamp::parse(text).map_err(|_| RegistryError::Corrupt(format!("time `{}`", shorten(text))))
+}
+
+fn check_identity_name(name: &str) -> Result<(), RegistryError> {
+    if is_identity_name(name) {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "identity name `{}` must be 1 to 64 of a-z 0-9 . _ -, starting with a letter or digit",
+            shorten(name)
+        )))
+    }
+}
+
+fn check_template_id(id: &str) -> Result<(), RegistryError> {
+    if guard_core::provenance::is_template_id(id) {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "template id `{}` must be 1 to 128 of a-z 0-9 - _ . / in non-empty path parts",
+            shorten(id)
+        )))
+    }
+}
+
+/// At most 80 characters of user input in a message, control characters escaped.
+fn shorten(s: &str) -> String {
+    s.chars().take(80).flat_map(char::escape_debug).collect()
+}
