@@ -1,12 +1,15 @@
 //! `sigil demo`: the main job end to end on the bundled samples.
 //!
-//! A local key signs the bundled template; the guard verifies it inside wasmtime (and refuses a
-//! tampered copy); each bundled prompt is placed into the verified template as an untrusted
-//! segment and assessed, with each user's profile carried from one prompt to the next.
+//! The bundled template goes through the registry as a team would publish it: a publisher's
+//! key signs it after the validation pipeline, a reviewer's key approves it (the demo's policy
+//! needs both), and every step lands in the audit log. The guard then verifies it inside
+//! wasmtime as any verifier would (and refuses a tampered copy); each bundled prompt is placed
+//! into the verified template as an untrusted segment and assessed, with each user's profile
+//! carried from one prompt to the next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -15,9 +18,9 @@ use guard_core::AssessmentOutput;
 use serde::Deserialize;
 
 use super::GuardOptions;
-use crate::engine::{Context, Scheme, Segment, Trust};
+use crate::engine::{Context, Segment, Trust};
+use crate::registry::{PublishRequest, Registry, RegistryError, Role, Session};
 use crate::signer::{LocalSigner, Signer};
-use crate::template::{sign_template, SignRequest};
 
 const SAMPLE_TEMPLATE: &str = include_str!("../../samples/support-answer.txt");
 const SAMPLE_PROMPTS: &str = include_str!("../../samples/prompts.jsonl");
@@ -41,27 +44,17 @@ struct Prompt {
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
-    let keys = args.data_dir.join("keys");
-    let private = keys.join("signing-key.pem");
-    let signer = if private.exists() {
-        LocalSigner::from_pem_file(&private)?
-    } else {
-        let (signer, files) = LocalSigner::generate_files(&keys, "signing-key", 3072, false)?;
-        outln!(
-            "generated a local signing key {} ({})",
-            files.private_key.display(),
-            files.fingerprint
-        );
-        signer
-    };
-    let public_key = signer.public_key_der().to_vec();
+    let demo = args.data_dir.join("demo");
+    let now = args.guard.now()?;
+    let at = Timestamp::parse(&now)?;
+    let engine = args.guard.engine()?;
+    let mut people = DemoRegistry::open(&demo, at)?;
 
-    // Sign the bundled template.
+    // The bundled template is written once; after that the one in the data folder is published,
+    // so an edited copy becomes the next version.
     let templates = args.data_dir.join("templates");
     fs::create_dir_all(&templates)
         .with_context(|| format!("cannot create `{}`", templates.display()))?;
-    // The bundled template is written once; after that the one in the data folder is signed, so
-    // an edited copy is what the demo guards.
     let template_path = templates.join("support-answer.txt");
     if !template_path.exists() {
         fs::write(&template_path, SAMPLE_TEMPLATE)
@@ -69,84 +62,107 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     let template_text = super::read_text(&template_path, "template")?;
     let template_text = template_text.as_str();
-    let now = args.guard.now()?;
-    let signed_at = Timestamp::parse(&now)?;
-    let schema = serde_json::json!({"question": {"type": "string", "max_length": 4000}});
-    let engine = args.guard.engine()?;
-    // The validation pipeline first: nothing that fails it is signed.
-    let validation = crate::validate::validate(
-        &crate::validate::Candidate {
-            template_id: TEMPLATE_ID,
-            template: template_text.as_bytes(),
-            schema: schema.to_string().as_bytes(),
-            previous: None,
-        },
-        &crate::validate::ValidationOptions {
-            max_template_bytes: crate::validate::DEFAULT_MAX_TEMPLATE_BYTES,
-            allow_personal_data: false,
-            now: signed_at,
-        },
-        &engine,
-    )?;
-    if !validation.passed {
-        for stage in validation.failures() {
-            for issue in &stage.issues {
-                outln!("  {}: {}", issue.code, issue.message);
+    let schema =
+        serde_json::json!({"question": {"type": "string", "max_length": 4000}}).to_string();
+    let registry = &mut people.registry;
+    let active = registry
+        .show(&people.reviewer, TEMPLATE_ID, None)
+        .ok()
+        .filter(|v| v.template == template_text.as_bytes());
+    match active {
+        Some(v) => outln!(
+            "`{TEMPLATE_ID}` v{} is published and active (unchanged since)",
+            v.info.version
+        ),
+        None => {
+            // Validate, sign with the publisher's key, wait for the reviewer's approval.
+            let request = PublishRequest {
+                template_id: TEMPLATE_ID,
+                template: template_text.as_bytes(),
+                variables_schema: schema.as_bytes(),
+                valid_days: 30,
+                validation: crate::validate::ValidationOptions {
+                    max_template_bytes: crate::validate::DEFAULT_MAX_TEMPLATE_BYTES,
+                    allow_personal_data: false,
+                    now: at,
+                },
+            };
+            let published = match registry.publish(
+                &people.publisher,
+                &request,
+                &people.publisher_key,
+                &people.log_key,
+                &engine,
+            ) {
+                Err(RegistryError::Validation(report)) => {
+                    for stage in report.failures() {
+                        for issue in &stage.issues {
+                            outln!("  {}: {}", issue.code, issue.message);
+                        }
+                    }
+                    anyhow::bail!(
+                        "the template `{}` did not pass validation; nothing was published",
+                        template_path.display()
+                    );
+                }
+                other => other?,
+            };
+            if let Some(report) = &published.report {
+                outln!(
+                    "validated `{TEMPLATE_ID}`: {} stages passed, report sha256:{}",
+                    report.stages.len(),
+                    report.digest()
+                );
             }
+            outln!(
+                "published `{TEMPLATE_ID}` v{} signed by the publisher: {}",
+                published.version,
+                published.state.as_str()
+            );
+            let approved = registry.approve(
+                &people.reviewer,
+                TEMPLATE_ID,
+                published.version,
+                &people.reviewer_key,
+                &people.log_key,
+                &engine,
+                at,
+            )?;
+            outln!(
+                "approved by the reviewer: v{} is {} (audit log at {} entries)",
+                approved.version,
+                approved.state.as_str(),
+                approved.recorded.checkpoint.checkpoint.size
+            );
         }
-        anyhow::bail!(
-            "the template `{}` did not pass validation; nothing was signed",
-            template_path.display()
-        );
     }
-    outln!(
-        "validated `{TEMPLATE_ID}`: {} stages passed, report sha256:{}",
-        validation.stages.len(),
-        validation.digest()
-    );
-    let envelope = sign_template(
-        &SignRequest {
-            template_id: TEMPLATE_ID,
-            version: 1,
-            template: template_text.as_bytes(),
-            variables_schema: &schema,
-            prev_digest: None,
-            signer: "sigil-demo",
-            signed_at,
-            not_after: Timestamp::from_unix_seconds(signed_at.unix_seconds() + 30 * 86_400),
-            validation_digest: Some(validation.digest()),
-        },
-        &signer,
-    )?;
-    let envelope_json = serde_json::to_vec_pretty(&envelope)?;
-    let envelope_path = templates.join("support-answer.envelope.json");
-    fs::write(&envelope_path, &envelope_json)
-        .with_context(|| format!("cannot write `{}`", envelope_path.display()))?;
 
-    // Verify it inside the guard, and watch a tampered copy fail.
-    let scheme = Scheme::RsassaPkcs1v15Sha256;
+    // Verify it inside the guard as any verifier would (keyring, 2-of-2 policy, pinned
+    // nothing), and watch a tampered copy fail.
+    let request = registry.verification_request(&people.reviewer, TEMPLATE_ID, None, at)?;
     let report = engine
-        .verify_template(
-            &envelope_json,
-            template_text.as_bytes(),
-            &public_key,
-            scheme,
-            Some(&now),
-        )?
-        .map_err(|r| anyhow::anyhow!("the bundled template did not verify: {r}"))?;
+        .verify_json(&request.to_string())?
+        .map_err(|r| anyhow::anyhow!("the published template did not verify: {r}"))?;
     let report: guard_core::VerificationReport = serde_json::from_str(&report)?;
     outln!(
-        "template {} v{} verified in the guard (sha256:{}…, key {}…)",
+        "template {} v{} verified in the guard (sha256:{}…, {} approvals)",
         report.template_id,
         report.version,
         report.digest.get(..16).unwrap_or_default(),
-        report.key_fingerprint.get(..16).unwrap_or_default()
+        report.approvals.len()
     );
-    let mut tampered = template_text.as_bytes().to_vec();
-    if let Some(first) = tampered.first_mut() {
-        *first ^= 0x20;
+    // The envelope beside the template, for `sigil template verify --keyring` by hand.
+    let envelope_path = templates.join("support-answer.envelope.json");
+    fs::write(
+        &envelope_path,
+        serde_json::to_vec_pretty(&request["envelope"])?,
+    )
+    .with_context(|| format!("cannot write `{}`", envelope_path.display()))?;
+    let mut tampered = request.clone();
+    if let Some(text) = tampered.get_mut("template") {
+        *text = serde_json::Value::String(template_text.replacen("support", "unrestricted", 1));
     }
-    match engine.verify_template(&envelope_json, &tampered, &public_key, scheme, Some(&now))? {
+    match engine.verify_json(&tampered.to_string())? {
         Ok(_) => anyhow::bail!("a tampered template verified; refusing to continue"),
         Err(refusal) => outln!("tampered copy refused: {}", refusal.code),
     }
@@ -229,6 +245,100 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         "{total} prompts guarded in wasmtime: {stopped} kept from the model (quarantine or block), {} forwarded",
         total - stopped
     );
-    outln!("signed template and key are in {}", args.data_dir.display());
+    outln!(
+        "the registry, its audit log and the demo's keys are in {}",
+        demo.display()
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's own registry (`<data-dir>/demo/`): an admin, a publisher and a reviewer with
+/// local keys, and a policy that needs both their signatures.
+struct DemoRegistry {
+    registry: Registry,
+    publisher: Session,
+    reviewer: Session,
+    publisher_key: LocalSigner,
+    reviewer_key: LocalSigner,
+    log_key: LocalSigner,
+}
+
+impl DemoRegistry {
+    fn open(dir: &Path, now: Timestamp) -> Result<Self> {
+        let keys = dir.join("keys");
+        let key = |name: &str| -> Result<LocalSigner> {
+            let path = keys.join(format!("{name}.pem"));
+            Ok(if path.exists() {
+                LocalSigner::from_pem_file(&path)?
+            } else {
+                LocalSigner::generate_files(&keys, name, 2048, false)?.0
+            })
+        };
+        let log_key = key("log")?;
+        let publisher_key = key("publisher")?;
+        let reviewer_key = key("reviewer")?;
+        let db = dir.join("sigil.db");
+        let mut registry = Registry::open(&db)
+            .with_context(|| format!("cannot open the demo registry `{}`", db.display()))?;
+        let token_path = |name: &str| dir.join(format!("{name}.token"));
+        let read_token = |name: &str| -> Result<String> {
+            Ok(fs::read_to_string(token_path(name))
+                .with_context(|| format!("the demo registry lacks its {name} token"))?
+                .trim()
+                .to_string())
+        };
+        if !token_path("admin").exists() {
+            let admin_token = registry.bootstrap("demo-admin", now, &log_key)?;
+            let admin = registry.authenticate(&admin_token)?;
+            let mut approvers = Vec::new();
+            for (name, role, signer) in [
+                ("publisher", Role::Publisher, &publisher_key),
+                ("reviewer", Role::Reviewer, &reviewer_key),
+            ] {
+                let token = registry.add_identity(
+                    &admin,
+                    &format!("demo-{name}"),
+                    &BTreeSet::from([role]),
+                    now,
+                    &log_key,
+                )?;
+                approvers.push(registry.add_key(
+                    &admin,
+                    &format!("demo-{name}"),
+                    signer.public_key_der(),
+                    signer.scheme(),
+                    now,
+                    None,
+                    now,
+                    &log_key,
+                )?);
+                super::registry::write_secret(&token_path(name), &token)?;
+            }
+            registry.set_approvals(
+                &admin,
+                TEMPLATE_ID,
+                Some(guard_core::provenance::Approvals {
+                    threshold: 2,
+                    of: approvers,
+                }),
+                now,
+                &log_key,
+            )?;
+            super::registry::write_secret(&token_path("admin"), &admin_token)?;
+            outln!(
+                "created the demo registry {} (admin, publisher, reviewer)",
+                db.display()
+            );
+        }
+        let publisher = registry.authenticate(&read_token("publisher")?)?;
+        let reviewer = registry.authenticate(&read_token("reviewer")?)?;
+        Ok(DemoRegistry {
+            registry,
+            publisher,
+            reviewer,
+            publisher_key,
+            reviewer_key,
+            log_key,
+        })
+    }
 }

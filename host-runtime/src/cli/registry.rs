@@ -157,7 +157,7 @@ pub fn init(args: InitArgs) -> Result<ExitCode> {
 }
 
 /// Writes a token readable by its owner only, never over an existing file.
-fn write_secret(path: &Path, token: &str) -> Result<()> {
+pub(super) fn write_secret(path: &Path, token: &str) -> Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -655,11 +655,35 @@ fn demo_runs_the_main_job() {
         stdout.contains("12 prompts guarded in wasmtime"),
         "{stdout}"
     );
+    assert!(stdout.contains("v1 is approved"), "{stdout}");
+    assert!(stdout.contains("2 approvals"), "{stdout}");
     assert!(Path::new(&data.join("templates/support-answer.envelope.json")).is_file());
-    // A second run reuses the key.
-    assert!(sigil(&["demo", "--data-dir", data.to_str().unwrap()])
-        .status
-        .success());
+    // A second run reuses the registry and its keys; an edited template becomes v2.
+    let again = sigil(&["demo", "--data-dir", data.to_str().unwrap()]);
+    assert!(text(&again.stdout).contains("v1 is published and active"));
+    let template = data.join("templates/support-answer.txt");
+    let edited =
+        std::fs::read_to_string(&template)
+            .unwrap()
+            .replacen("support", "customer support", 1);
+    std::fs::write(&template, edited).unwrap();
+    let third = sigil(&["demo", "--data-dir", data.to_str().unwrap()]);
+    assert!(
+        text(&third.stdout).contains("v2 is approved"),
+        "{}",
+        text(&third.stdout)
+    );
+    // Every step is in the demo's audit log, which verifies.
+    let log = data.join("demo");
+    let verified = sigil(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        log.to_str().unwrap(),
+        "--key",
+        log.join("keys/log.pub.pem").to_str().unwrap(),
+    ]);
+    assert!(verified.status.success(), "{}", text(&verified.stdout));
 }
 
 fn http(addr: &str, request: &str) -> String {
