@@ -155,7 +155,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let envelope_path = templates.join("support-answer.envelope.json");
     fs::write(
         &envelope_path,
-        serde_json::to_vec_pretty(&request["envelope"])?,
+        serde_json::to_vec_pretty(request.get("envelope").unwrap_or(&serde_json::Value::Null))?,
     )
     .with_context(|| format!("cannot write `{}`", envelope_path.display()))?;
     let mut tampered = request.clone();

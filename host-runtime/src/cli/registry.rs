@@ -723,7 +723,7 @@ pub fn history(args: HistoryArgs) -> Result<ExitCode> {
             v.version,
             v.state.as_str(),
             if v.active { " active" } else { "       " },
-            &v.digest[..v.digest.len().min(16)],
+            v.digest.get(..16).unwrap_or(&v.digest),
             v.publisher,
             v.submitted_at
         );
@@ -731,7 +731,7 @@ pub fn history(args: HistoryArgs) -> Result<ExitCode> {
             outln!(
                 "         signed by {} with {} at {} (entry {})",
                 s.identity,
-                &s.fingerprint[..s.fingerprint.len().min(16)],
+                s.fingerprint.get(..16).unwrap_or(&s.fingerprint),
                 s.signed_at,
                 s.audit_seq
             );
