@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use crate::behaviour::{Profile, PROFILE_VERSION};
+use crate::behaviour::{self, Profile, Sketcher, PROFILE_VERSION};
 use crate::contract::{
     Assessment, AssessmentInput, AssessmentOutput, Category, Encoding, Finding, FindingSource,
     Obfuscation, Role, Segment, Span, ToleratedError, Trust,
@@ -74,7 +74,8 @@ fn assess_with(
         }
     };
     let profile_in = match &input.context.profile {
-        Some(p) if p.version == PROFILE_VERSION => p.clone(),
+        // Version 1 held the counts alone; its new fields start at their defaults.
+        Some(p) if p.version == PROFILE_VERSION || p.version == 1 => p.clone(),
         Some(p) => {
             errors.push(tolerated(
                 "profile_version",
@@ -94,6 +95,7 @@ fn assess_with(
     let max_findings = Limits::usize(limits.max_findings);
     let mut budget = Limits::usize(limits.max_scan_bytes);
     let mut findings: Vec<Finding> = Vec::new();
+    let mut sketcher = Sketcher::default();
     // The model's strongest probability over all untrusted segments, and over embedded ones.
     let mut model_probability: Option<f64> = None;
     let mut embedded_probability: Option<f64> = None;
@@ -116,7 +118,8 @@ fn assess_with(
         };
         budget -= scan_len;
         let scanned = text.get(..scan_len).unwrap_or_default();
-        let (mut pending, decode_limited, model_hit) = scan_segment(guard, index, scanned, counts);
+        let (mut pending, decode_limited, model_hit) =
+            scan_segment(guard, index, scanned, counts, &mut sketcher);
         // The model's finding is reported with the probability that was scored, so it joins the
         // list after embedded content's rule weights were raised.
         let mut model_finding = None;
@@ -203,24 +206,30 @@ fn assess_with(
             probability.unwrap_or_else(|| model.header().fusion.probability(model.header().bias))
         })
     };
-    // The score uses every finding; only the list reported is capped.
-    let mut decision = risk::decide(
-        &findings,
-        &[],
-        evidence(model_probability),
-        &thresholds,
-        &actions,
-    );
-    if let Some(embedded_thresholds) = &guard.policy.embedded.thresholds {
-        let embedded: Vec<Finding> = findings
+    let embedded: Vec<Finding> = match &guard.policy.embedded.thresholds {
+        Some(_) => findings
             .iter()
             .filter(|f| input.segments.get(f.span.segment).is_some_and(is_embedded))
             .cloned()
-            .collect();
-        if !embedded.is_empty() {
+            .collect(),
+        None => Vec::new(),
+    };
+    // The score uses every finding; only the list reported is capped. Embedded content is also
+    // judged on its own under its stricter thresholds, and the stricter decision wins.
+    let decide = |signals: &[crate::contract::Signal]| {
+        let mut decision = risk::decide(
+            &findings,
+            signals,
+            evidence(model_probability),
+            &thresholds,
+            &actions,
+        );
+        if let (Some(embedded_thresholds), false) =
+            (&guard.policy.embedded.thresholds, embedded.is_empty())
+        {
             let mut strict = risk::decide(
                 &embedded,
-                &[],
+                signals,
                 evidence(embedded_probability),
                 embedded_thresholds,
                 &actions,
@@ -231,7 +240,26 @@ fn assess_with(
                 decision = strict;
             }
         }
-    }
+        decision
+    };
+    // Behaviour is judged on what the content alone reached, so it never feeds on its own
+    // verdicts; its signals then join the evidence.
+    let content = decide(&[]);
+    let observation = behaviour::observe(
+        &profile_in,
+        &behaviour::Event {
+            now,
+            sketch: sketcher.finish(),
+            content_level: content.level,
+        },
+        &guard.policy.behaviour,
+    );
+    let signals = observation.signals;
+    let decision = if signals.is_empty() {
+        content
+    } else {
+        decide(&signals)
+    };
     if findings.len() > max_findings {
         errors.push(tolerated(
             "findings_truncated",
@@ -244,14 +272,15 @@ fn assess_with(
         ));
         findings.truncate(max_findings);
     }
-    let profile = profile_in.updated(decision.level, decision.action, now);
+    let mut profile = observation.profile;
+    profile.note_decision(decision.level, decision.action);
     AssessmentOutput {
         assessment: Assessment {
             score: decision.score,
             level: decision.level,
             action: decision.action,
             findings,
-            signals: Vec::new(),
+            signals,
             explanation: decision.explanation,
             errors,
         },
@@ -301,6 +330,8 @@ struct SegmentScan<'a> {
     guard: &'a Guard,
     model: Option<&'a Model>,
     counts: &'a mut FeatureCounts,
+    /// The sketch of what the user wrote, for behaviour (the outermost reading only).
+    sketcher: &'a mut Sketcher,
     /// The model's strongest window so far.
     model_hit: Option<ModelHit>,
     /// Rule matches recorded, and whether every one was quoted.
@@ -333,11 +364,13 @@ fn scan_segment(
     index: usize,
     text: &str,
     counts: &mut FeatureCounts,
+    sketcher: &mut Sketcher,
 ) -> (Vec<Finding>, bool, Option<ModelHit>) {
     let mut scan = SegmentScan {
         guard,
         model: guard.model.as_deref(),
         counts,
+        sketcher,
         model_hit: None,
         rule_matches: 0,
         quoted_only: true,
@@ -386,6 +419,9 @@ impl SegmentScan<'_> {
         depth: usize,
     ) {
         let folded = normalize(reading);
+        if depth == 0 && payload.is_none() {
+            self.sketcher.add(folded.text());
+        }
         let locate = |range: Range<usize>| match payload {
             Some(p) => p.clone(),
             None => folded.original_range(range),

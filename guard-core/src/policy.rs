@@ -31,6 +31,9 @@ pub struct Policy {
     /// The text classifier.
     #[serde(default)]
     pub model: ModelConfig,
+    /// How each user's behaviour over time weighs in.
+    #[serde(default)]
+    pub behaviour: crate::behaviour::BehaviourPolicy,
     /// Overrides by tenant id.
     #[serde(
         default,
@@ -321,6 +324,9 @@ pub enum PolicyError {
     /// The embedded-content settings are out of range.
     #[error("embedded: {0}")]
     Embedded(String),
+    /// The behaviour settings are out of range.
+    #[error("behaviour: {0}")]
+    Behaviour(String),
     /// A limit is zero.
     #[error("limit `{0}` must be at least 1")]
     Limit(&'static str),
@@ -343,6 +349,7 @@ impl Policy {
         self.thresholds.validate()?;
         self.actions.validate()?;
         self.embedded.validate()?;
+        self.behaviour.validate().map_err(PolicyError::Behaviour)?;
         for (name, value) in [
             ("max_scan_bytes", self.limits.max_scan_bytes),
             ("max_segments", self.limits.max_segments),

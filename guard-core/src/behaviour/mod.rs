@@ -1,16 +1,36 @@
-//! Per-user behaviour: the profile the caller keeps between assessments.
+//! Per-user behaviour: the profile the caller keeps between assessments, and the signals it
+//! gives.
 //!
-//! State in, state out: the guard reads the profile from the context and returns the updated
-//! one; it stores nothing. This first version counts; the behaviour analysis builds on the same
-//! record.
+//! State in, state out: [`observe`] takes a profile and one event (when, a sketch of the text,
+//! how the content alone scored) and returns the new profile and the behaviour signals; the
+//! guard stores nothing. The profile holds counts, exponentially decaying rates, inter-arrival
+//! statistics and the sketches of a few recently flagged prompts — never text.
+//!
+//! Signals feed the fused risk with a bounded weight ([`BehaviourPolicy::max_weight`]): together
+//! they add at most that much evidence, so behaviour can lift a medium prompt to high but never
+//! makes an innocent prompt critical by itself. A prompt counts as flagged by its content alone
+//! (before behaviour), so behaviour never feeds on its own verdicts.
+
+mod sketch;
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{Action, Level};
+pub use sketch::{Sketch, Sketcher, BINS as SKETCH_BINS};
+
+use crate::contract::{Action, Level, Signal};
+use crate::risk::round4;
 use crate::time::Timestamp;
 
 /// The profile format this guard writes.
-pub const PROFILE_VERSION: u32 = 1;
+pub const PROFILE_VERSION: u32 = 2;
+
+/// Flagged prompts whose sketches a profile keeps, newest last.
+pub const MAX_FLAGGED: usize = 8;
+
+/// Half-life of the per-minute rate, in seconds.
+const MINUTE: f64 = 60.0;
+/// Half-life of the hourly counts, in seconds.
+const HOUR: f64 = 3_600.0;
 
 /// What the guard remembers about one user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,10 +44,52 @@ pub struct Profile {
     pub stopped: u64,
     /// Of those, how many reached `medium` or above.
     pub elevated: u64,
+    /// Time of the first assessment, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<String>,
     /// Time of the last assessment, RFC 3339 UTC.
     pub last_seen: Option<String>,
     /// Level of the last assessment.
     pub last_level: Option<Level>,
+    /// Requests, decayed with a one-minute half-life.
+    #[serde(default)]
+    pub rate_minute: f64,
+    /// Requests, decayed with a one-hour half-life.
+    #[serde(default)]
+    pub rate_hour: f64,
+    /// Flagged requests (content at `medium` or above), decayed with a one-hour half-life.
+    #[serde(default)]
+    pub flagged_hour: f64,
+    /// Flagged requests, decayed with the policy's memory half-life (hours).
+    #[serde(default)]
+    pub flagged_memory: f64,
+    /// Flagged requests in a row, up to now.
+    #[serde(default)]
+    pub streak: u32,
+    /// Moving mean of the seconds between requests.
+    #[serde(default)]
+    pub gap_mean: f64,
+    /// Moving variance of the seconds between requests.
+    #[serde(default)]
+    pub gap_var: f64,
+    /// Gaps seen (capped).
+    #[serde(default)]
+    pub gaps: u32,
+    /// The last flagged prompts' sketches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flagged: Vec<FlaggedPrompt>,
+}
+
+/// A flagged prompt as a profile remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlaggedPrompt {
+    /// Its sketch ([`Sketch::encode`]).
+    pub sketch: String,
+    /// When, Unix seconds.
+    pub at: i64,
+    /// The level its content alone reached.
+    pub level: Level,
 }
 
 impl Default for Profile {
@@ -37,35 +99,381 @@ impl Default for Profile {
             assessments: 0,
             stopped: 0,
             elevated: 0,
+            first_seen: None,
             last_seen: None,
             last_level: None,
+            rate_minute: 0.0,
+            rate_hour: 0.0,
+            flagged_hour: 0.0,
+            flagged_memory: 0.0,
+            streak: 0,
+            gap_mean: 0.0,
+            gap_var: 0.0,
+            gaps: 0,
+            flagged: Vec::new(),
         }
     }
 }
 
-impl Profile {
-    /// The profile after one more assessment. `now` is kept only if it is not earlier than the
-    /// last time seen, so a replayed old request cannot move the clock back.
-    pub fn updated(&self, level: Level, action: Action, now: Option<Timestamp>) -> Profile {
-        let last = self
-            .last_seen
-            .as_deref()
-            .and_then(|s| Timestamp::parse(s).ok());
-        let last_seen = match (now, last) {
-            (Some(now), Some(last)) if now < last => self.last_seen.clone(),
-            (Some(now), _) => Some(now.to_string()),
-            (None, _) => self.last_seen.clone(),
-        };
-        Profile {
-            version: PROFILE_VERSION,
-            assessments: self.assessments.saturating_add(1),
-            stopped: self.stopped.saturating_add(u64::from(action.stops())),
-            elevated: self
-                .elevated
-                .saturating_add(u64::from(level >= Level::Medium)),
-            last_seen,
-            last_level: Some(level),
+/// How behaviour is judged: `policy.behaviour`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BehaviourPolicy {
+    /// Whether behaviour signals count at all (the profile is kept either way).
+    pub enabled: bool,
+    /// The most evidence all signals together may add, in [0, 0.8].
+    pub max_weight: f64,
+    /// Requests per minute from which a burst is signalled.
+    pub burst_per_minute: f64,
+    /// Requests per hour from which volume is signalled.
+    pub volume_per_hour: f64,
+    /// Gaps between requests needed before timing is judged.
+    pub min_gaps: u32,
+    /// Timing this regular (standard deviation over mean of the gaps) or more looks scripted.
+    pub regular_cv: f64,
+    /// Flagged requests in a row from which a streak is signalled.
+    pub streak: u32,
+    /// Similarity from which a prompt is a variation of a flagged one.
+    pub probe_similarity: f64,
+    /// Half-life, in hours, of the memory of flagged requests (slow, patient attempts).
+    pub memory_hours: f64,
+    /// Decayed flagged requests in memory from which persistence is signalled.
+    pub persistence: f64,
+}
+
+impl Default for BehaviourPolicy {
+    fn default() -> Self {
+        BehaviourPolicy {
+            enabled: true,
+            max_weight: 0.5,
+            burst_per_minute: 20.0,
+            volume_per_hour: 600.0,
+            min_gaps: 8,
+            regular_cv: 0.15,
+            streak: 3,
+            probe_similarity: 0.45,
+            memory_hours: 6.0,
+            persistence: 1.5,
         }
+    }
+}
+
+impl BehaviourPolicy {
+    /// Checks every bound; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let within = |name: &str, v: f64, lo: f64, hi: f64| {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("`{name}` {v} is not within [{lo}, {hi}]"))
+            }
+        };
+        within("max_weight", self.max_weight, 0.0, 0.8)?;
+        within("burst_per_minute", self.burst_per_minute, 1.0, 1e6)?;
+        within("volume_per_hour", self.volume_per_hour, 1.0, 1e8)?;
+        within("regular_cv", self.regular_cv, 0.0, 1.0)?;
+        within("probe_similarity", self.probe_similarity, 0.1, 1.0)?;
+        within("memory_hours", self.memory_hours, 0.1, 720.0)?;
+        within("persistence", self.persistence, 1.0, 100.0)?;
+        if !(2..=1000).contains(&self.min_gaps) {
+            return Err(format!(
+                "`min_gaps` {} is not within [2, 1000]",
+                self.min_gaps
+            ));
+        }
+        if !(2..=1000).contains(&self.streak) {
+            return Err(format!("`streak` {} is not within [2, 1000]", self.streak));
+        }
+        Ok(())
+    }
+}
+
+/// One request, as behaviour sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event {
+    /// When (none: the clock was unreadable; rates and timing are left as they were).
+    pub now: Option<Timestamp>,
+    /// A sketch of the text, if it was long enough.
+    pub sketch: Option<Sketch>,
+    /// The level the content alone reached (rules and model, before behaviour).
+    pub content_level: Level,
+}
+
+/// What [`observe`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The profile with the event in it.
+    pub profile: Profile,
+    /// The signals, strongest first, weights scaled so that together they add at most
+    /// [`BehaviourPolicy::max_weight`].
+    pub signals: Vec<Signal>,
+}
+
+/// `value` decayed over `seconds` with `half_life` seconds.
+fn decay(value: f64, seconds: f64, half_life: f64) -> f64 {
+    value * libm::exp2(-seconds / half_life)
+}
+
+/// A number from a profile the caller handed back: finite, not negative, not absurd.
+fn sane(x: f64) -> f64 {
+    if x.is_finite() {
+        x.clamp(0.0, 1e12)
+    } else {
+        0.0
+    }
+}
+
+/// Rounds what is stored, so profiles print the same everywhere and stay short.
+fn stored(x: f64) -> f64 {
+    round4(sane(x))
+}
+
+/// The profile after `event`, and the signals it gives. Pure: the same profile and event give
+/// the same answer on every face.
+pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Observation {
+    let last = profile
+        .last_seen
+        .as_deref()
+        .and_then(|s| Timestamp::parse(s).ok());
+    // A request older than the last one seen (a replay, a skewed clock) moves no clock back and
+    // counts as arriving with no gap.
+    let (now, elapsed) = match (event.now, last) {
+        (Some(now), Some(last)) if now >= last => (
+            Some(now),
+            Some((now.unix_seconds() - last.unix_seconds()) as f64),
+        ),
+        (Some(_), Some(last)) => (Some(last), Some(0.0)),
+        (Some(now), None) => (Some(now), None),
+        (None, last) => (last, None),
+    };
+    let since = elapsed.unwrap_or(0.0);
+    let memory_half_life = policy.memory_hours * HOUR;
+    let flagged_now = event.content_level >= Level::Medium;
+    let flag = f64::from(u8::from(flagged_now));
+
+    let mut next = profile.clone();
+    next.version = PROFILE_VERSION;
+    next.assessments = profile.assessments.saturating_add(1);
+    next.rate_minute = decay(sane(profile.rate_minute), since, MINUTE) + 1.0;
+    next.rate_hour = decay(sane(profile.rate_hour), since, HOUR) + 1.0;
+    next.flagged_hour = decay(sane(profile.flagged_hour), since, HOUR) + flag;
+    next.flagged_memory = decay(sane(profile.flagged_memory), since, memory_half_life) + flag;
+    next.streak = if flagged_now {
+        profile.streak.saturating_add(1)
+    } else {
+        0
+    };
+    if let Some(gap) = elapsed {
+        // Exponentially weighted mean and variance (West's update), so old habits fade.
+        const ALPHA: f64 = 0.2;
+        let mean = sane(profile.gap_mean);
+        let var = sane(profile.gap_var);
+        if profile.gaps == 0 {
+            next.gap_mean = gap;
+            next.gap_var = 0.0;
+        } else {
+            let diff = gap - mean;
+            let increment = ALPHA * diff;
+            next.gap_mean = mean + increment;
+            next.gap_var = (1.0 - ALPHA) * (var + diff * increment);
+        }
+        next.gaps = profile.gaps.saturating_add(1).min(10_000);
+    }
+    if let Some(now) = now {
+        next.last_seen = Some(now.to_string());
+        if profile.first_seen.is_none() {
+            next.first_seen = Some(now.to_string());
+        }
+    }
+
+    // Variations of earlier flagged prompts, judged against the profile as it was.
+    let mut similar = 0usize;
+    let mut closest: f64 = 0.0;
+    if let Some(sketch) = &event.sketch {
+        for earlier in &profile.flagged {
+            let Some(old) = Sketch::decode(&earlier.sketch) else {
+                continue;
+            };
+            if let Some(s) = sketch.similarity(&old) {
+                if s >= policy.probe_similarity {
+                    similar += 1;
+                    closest = closest.max(s);
+                }
+            }
+        }
+    }
+    // Keep only well-formed entries the caller handed back, and only the newest.
+    next.flagged.retain(|f| Sketch::decode(&f.sketch).is_some());
+    if let (true, Some(sketch), Some(now)) = (flagged_now, event.sketch, now) {
+        next.flagged.push(FlaggedPrompt {
+            sketch: sketch.encode(),
+            at: now.unix_seconds(),
+            level: event.content_level,
+        });
+    }
+    let excess = next.flagged.len().saturating_sub(MAX_FLAGGED);
+    next.flagged.drain(..excess);
+
+    let mut signals = Vec::new();
+    let mut signal = |id: &str, weight: f64, detail: String| {
+        signals.push(Signal {
+            id: id.to_string(),
+            weight,
+            detail,
+        })
+    };
+    // A decayed count at a steady rate r settles at about r * half-life / ln 2, but only after a
+    // few half-lives; the mean gap tells a steady sender's rate after a few requests.
+    let settled = next.rate_minute * core::f64::consts::LN_2;
+    let from_gaps = if next.gaps >= 4 {
+        MINUTE / next.gap_mean.max(0.5)
+    } else {
+        0.0
+    };
+    let per_minute = settled.max(from_gaps);
+    if per_minute >= policy.burst_per_minute {
+        let over = (per_minute / policy.burst_per_minute - 1.0).min(2.0) / 2.0;
+        signal(
+            "behaviour.burst",
+            0.25 + 0.15 * over,
+            format!("about {per_minute:.0} requests a minute"),
+        );
+    }
+    let per_hour = next.rate_hour * core::f64::consts::LN_2;
+    if per_hour >= policy.volume_per_hour {
+        let over = (per_hour / policy.volume_per_hour - 1.0).min(2.0) / 2.0;
+        signal(
+            "behaviour.volume",
+            0.2 + 0.15 * over,
+            format!("about {per_hour:.0} requests an hour"),
+        );
+    }
+    if next.gaps >= policy.min_gaps && next.gap_mean >= 1.0 && next.gap_mean <= 600.0 {
+        let cv = libm::sqrt(sane(next.gap_var)) / next.gap_mean;
+        if cv <= policy.regular_cv {
+            signal(
+                "behaviour.regular-timing",
+                0.25,
+                format!(
+                    "requests every {:.1} s with a spread of {:.0}%: scripted",
+                    next.gap_mean,
+                    cv * 100.0
+                ),
+            );
+        }
+    }
+    if next.streak >= policy.streak {
+        let more = f64::from(next.streak - policy.streak).min(4.0) / 4.0;
+        signal(
+            "behaviour.flagged-streak",
+            0.2 + 0.2 * more,
+            format!("{} flagged requests in a row", next.streak),
+        );
+    }
+    // History of attempts weighs on a request that itself carries some risk, not on every
+    // ordinary question in between.
+    let some_risk = event.content_level >= Level::Low;
+    if some_risk && next.flagged_hour >= 3.0 {
+        let share = next.flagged_hour / next.rate_hour;
+        if share >= 0.5 {
+            signal(
+                "behaviour.flagged-share",
+                0.2 + 0.2 * ((share - 0.5) / 0.5).min(1.0),
+                format!("{:.0}% of recent requests were flagged", share * 100.0),
+            );
+        }
+    }
+    if similar > 0 {
+        signal(
+            "behaviour.probing",
+            match similar {
+                1 => 0.4,
+                2 => 0.45,
+                _ => 0.5,
+            },
+            format!(
+                "a variation of {similar} earlier flagged prompt{} (similarity {:.2})",
+                if similar == 1 { "" } else { "s" },
+                closest
+            ),
+        );
+    }
+    if some_risk && next.flagged_memory >= policy.persistence {
+        let more = ((next.flagged_memory - policy.persistence) / 3.0).min(1.0);
+        signal(
+            "behaviour.persistence",
+            0.3 + 0.15 * more,
+            format!(
+                "flagged attempts keep coming ({:.1} within the last {} hours, decayed)",
+                next.flagged_memory, policy.memory_hours
+            ),
+        );
+    }
+    // Rising severity: each of the last three flagged prompts worse than the one before, within
+    // one memory half-life.
+    if let (true, Some(now)) = (flagged_now, now) {
+        let recent: Vec<Level> = next
+            .flagged
+            .iter()
+            .rev()
+            .take_while(|f| (now.unix_seconds() - f.at) as f64 <= memory_half_life)
+            .take(3)
+            .map(|f| f.level)
+            .collect();
+        if recent.len() == 3 && recent.windows(2).all(|w| matches!(w, [a, b] if a > b)) {
+            signal(
+                "behaviour.escalation",
+                0.2,
+                "each flagged request more severe than the last".to_string(),
+            );
+        }
+    }
+    if !policy.enabled {
+        signals.clear();
+    }
+    bound(&mut signals, policy.max_weight);
+
+    for f in [
+        &mut next.rate_minute,
+        &mut next.rate_hour,
+        &mut next.flagged_hour,
+        &mut next.flagged_memory,
+        &mut next.gap_mean,
+        &mut next.gap_var,
+    ] {
+        *f = stored(*f);
+    }
+    Observation {
+        profile: next,
+        signals,
+    }
+}
+
+/// Scales the weights so their noisy-or is at most `cap`: each `w` becomes `1 - (1 - w)^k`,
+/// which keeps their order and proportions in log space.
+fn bound(signals: &mut [Signal], cap: f64) {
+    let keep: f64 = signals.iter().map(|s| 1.0 - s.weight).product();
+    let total = 1.0 - keep;
+    if total > cap && total > 0.0 {
+        let k = libm::log(1.0 - cap) / libm::log(keep);
+        for s in signals.iter_mut() {
+            s.weight = 1.0 - libm::pow(1.0 - s.weight, k);
+        }
+    }
+    for s in signals.iter_mut() {
+        s.weight = round4(s.weight);
+    }
+    signals.sort_by(|a, b| b.weight.total_cmp(&a.weight).then_with(|| a.id.cmp(&b.id)));
+}
+
+impl Profile {
+    /// Records the final decision (content and behaviour together).
+    pub fn note_decision(&mut self, level: Level, action: Action) {
+        self.stopped = self.stopped.saturating_add(u64::from(action.stops()));
+        self.elevated = self
+            .elevated
+            .saturating_add(u64::from(level >= Level::Medium));
+        self.last_level = Some(level);
     }
 }
 
@@ -77,10 +485,67 @@ mod tests {
     fn counts_and_keeps_the_latest_time() {
         let now = Timestamp::parse("2026-12-03T10:00:00Z").ok();
         let earlier = Timestamp::parse("2026-12-01T10:00:00Z").ok();
-        let p = Profile::default().updated(Level::High, Action::Quarantine, now);
+        let step = |p: &Profile, level, action, now| {
+            let mut next = observe(
+                p,
+                &Event {
+                    now,
+                    sketch: None,
+                    content_level: level,
+                },
+                &BehaviourPolicy::default(),
+            )
+            .profile;
+            next.note_decision(level, action);
+            next
+        };
+        let p = step(&Profile::default(), Level::High, Action::Quarantine, now);
         assert_eq!((p.assessments, p.stopped, p.elevated), (1, 1, 1));
-        let q = p.updated(Level::VeryLow, Action::Allow, earlier);
+        let q = step(&p, Level::VeryLow, Action::Allow, earlier);
         assert_eq!((q.assessments, q.stopped, q.elevated), (2, 1, 1));
         assert_eq!(q.last_seen.as_deref(), Some("2026-12-03T10:00:00Z"));
+    }
+
+    #[test]
+    fn the_bound_caps_the_sum_and_keeps_the_order() {
+        let mut signals: Vec<Signal> = [("a", 0.45), ("b", 0.3), ("c", 0.25)]
+            .iter()
+            .map(|(id, w)| Signal {
+                id: (*id).into(),
+                weight: *w,
+                detail: String::new(),
+            })
+            .collect();
+        bound(&mut signals, 0.5);
+        let total = 1.0 - signals.iter().map(|s| 1.0 - s.weight).product::<f64>();
+        assert!((total - 0.5).abs() < 1e-3, "{total}");
+        assert!(signals[0].weight > signals[1].weight && signals[1].weight > signals[2].weight);
+    }
+
+    #[test]
+    fn hostile_numbers_in_a_profile_do_no_harm() {
+        let p = Profile {
+            rate_minute: f64::MAX,
+            gap_var: -5.0,
+            gaps: u32::MAX,
+            flagged: vec![FlaggedPrompt {
+                sketch: "not a sketch".into(),
+                at: i64::MIN,
+                level: Level::Critical,
+            }],
+            ..Profile::default()
+        };
+        let o = observe(
+            &p,
+            &Event {
+                now: Timestamp::parse("2026-12-03T10:00:00Z").ok(),
+                sketch: None,
+                content_level: Level::Low,
+            },
+            &BehaviourPolicy::default(),
+        );
+        assert!(o.profile.rate_minute <= 1e12 + 1.0);
+        assert!(o.profile.flagged.is_empty());
+        assert!(o.signals.iter().all(|s| s.weight.is_finite()));
     }
 }

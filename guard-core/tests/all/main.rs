@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+mod behaviour;
 mod cases;
 mod decoding;
 mod hostile;
