@@ -164,6 +164,13 @@ impl Guard {
         template::guard_json(self, request)
     }
 
+    /// One behaviour event for a profile, outside an assessment, from a JSON request
+    /// `{profile?, now, text?, content_level, decision?}`; returns `{profile, signals}` (see
+    /// [`behaviour::observe_json`]), under this policy's behaviour settings.
+    pub fn observe_json(&self, request: &str) -> Result<String, behaviour::ObserveError> {
+        behaviour::observe_json(request, &self.policy.behaviour)
+    }
+
     /// Assesses a request given as the contract's JSON and returns the contract's JSON.
     pub fn assess_json(&self, request: &str) -> Result<String, InputError> {
         let input: AssessmentInput =

@@ -424,6 +424,14 @@ impl GuardEngine {
         }))
     }
 
+    /// One behaviour event for a profile (`guard_core::Guard::observe_json`), inside the guard.
+    pub fn observe_json(&self, request: &str) -> Result<String, EngineError> {
+        self.with_instance(request.len(), |i| {
+            i.guard.call_observe_json(&mut i.store, request)
+        })?
+        .map_err(guard_error)
+    }
+
     /// Number of rules the compiled policy runs.
     pub fn rule_count(&self) -> Result<u32, EngineError> {
         self.with_instance(0, |i| i.guard.call_rule_count(&mut i.store))?

@@ -1,5 +1,6 @@
 // Reads JSON requests, one per line, on stdin, and answers each with the npm package, one per
-// line, in order: `verify` lines go to verifyJson, `guard` lines to Guard.guardJson. A refusal is
+// line, in order: `verify` lines go to verifyJson, `guard` lines to Guard.guardJson, `observe`
+// lines to Guard.observeJson, `assess` lines to Guard.assessJson. A refusal is
 // `{"error": {code, message}}`. The cross-face test compares these bytes with the other faces'.
 "use strict";
 const readline = require("node:readline");
@@ -7,7 +8,13 @@ const { Guard, verifyJson } = require("../../guard-wasm/npm/pkg");
 
 const mode = process.argv[2];
 const guard = new Guard();
-const call = mode === "guard" ? (line) => guard.guardJson(line) : (line) => verifyJson(line);
+const calls = {
+  guard: (line) => guard.guardJson(line),
+  observe: (line) => guard.observeJson(line),
+  assess: (line) => guard.assessJson(line),
+  verify: (line) => verifyJson(line),
+};
+const call = calls[mode] || calls.verify;
 const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
 const out = [];
 rl.on("line", (line) => {

@@ -81,11 +81,11 @@ pub struct Profile {
 }
 
 /// A flagged prompt as a profile remembers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlaggedPrompt {
-    /// Its sketch ([`Sketch::encode`]).
-    pub sketch: String,
+    /// Its sketch ([`Sketch::encode`] in JSON).
+    pub sketch: Sketch,
     /// When, Unix seconds.
     pub at: i64,
     /// The level its content alone reached.
@@ -291,10 +291,7 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
     let mut closest: f64 = 0.0;
     if let Some(sketch) = &event.sketch {
         for earlier in &profile.flagged {
-            let Some(old) = Sketch::decode(&earlier.sketch) else {
-                continue;
-            };
-            if let Some(s) = sketch.similarity(&old) {
+            if let Some(s) = sketch.similarity(&earlier.sketch) {
                 if s >= policy.probe_similarity {
                     similar += 1;
                     closest = closest.max(s);
@@ -302,11 +299,10 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
             }
         }
     }
-    // Keep only well-formed entries the caller handed back, and only the newest.
-    next.flagged.retain(|f| Sketch::decode(&f.sketch).is_some());
+    // Only the newest are kept.
     if let (true, Some(sketch), Some(now)) = (flagged_now, event.sketch, now) {
         next.flagged.push(FlaggedPrompt {
-            sketch: sketch.encode(),
+            sketch,
             at: now.unix_seconds(),
             level: event.content_level,
         });
@@ -477,6 +473,95 @@ impl Profile {
     }
 }
 
+/// The request of [`crate::Guard::observe_json`]: one event for a profile, outside an
+/// assessment (a host replaying events, or updating a profile that changed under it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveRequest {
+    /// The profile as last returned; none starts a new one.
+    #[serde(default)]
+    pub profile: Option<Profile>,
+    /// When, RFC 3339 UTC.
+    pub now: String,
+    /// The text, to sketch for probing (dropped after); none: no sketch.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The level the content alone reached.
+    pub content_level: Level,
+    /// The final decision, if one was made, to count.
+    #[serde(default)]
+    pub decision: Option<ObservedDecision>,
+}
+
+/// A decision to record in a profile.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedDecision {
+    /// Level.
+    pub level: Level,
+    /// Action.
+    pub action: Action,
+}
+
+/// The answer of [`crate::Guard::observe_json`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObserveResponse {
+    /// The new profile.
+    pub profile: Profile,
+    /// The signals the event gives.
+    pub signals: Vec<Signal>,
+}
+
+/// Why an observe request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObserveError {
+    /// Not JSON of the request's shape.
+    #[error("observe request is malformed: {0}")]
+    Malformed(String),
+    /// `now` is not RFC 3339 UTC.
+    #[error("observe request `now`: {0}")]
+    Time(String),
+    /// The profile is of a format this guard does not read.
+    #[error("profile version {0} is not {PROFILE_VERSION}")]
+    ProfileVersion(u32),
+}
+
+/// [`observe`] from and to JSON, with the text sketched as an assessment would.
+pub fn observe_json(request: &str, policy: &BehaviourPolicy) -> Result<String, ObserveError> {
+    let request: ObserveRequest =
+        serde_json::from_str(request).map_err(|e| ObserveError::Malformed(e.to_string()))?;
+    let now = Timestamp::parse(&request.now).map_err(|e| ObserveError::Time(e.to_string()))?;
+    let profile = match request.profile {
+        Some(p) if p.version == PROFILE_VERSION || p.version == 1 => p,
+        Some(p) => return Err(ObserveError::ProfileVersion(p.version)),
+        None => Profile::default(),
+    };
+    let sketch = request.text.as_deref().and_then(|text| {
+        let mut sketcher = Sketcher::default();
+        sketcher.add(crate::text::normalize(text).text());
+        sketcher.finish()
+    });
+    let observation = observe(
+        &profile,
+        &Event {
+            now: Some(now),
+            sketch,
+            content_level: request.content_level,
+        },
+        policy,
+    );
+    let mut profile = observation.profile;
+    if let Some(d) = request.decision {
+        profile.note_decision(d.level, d.action);
+    }
+    serde_json::to_string(&ObserveResponse {
+        profile,
+        signals: observation.signals,
+    })
+    .map_err(|e| ObserveError::Malformed(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,11 +613,14 @@ mod tests {
             rate_minute: f64::MAX,
             gap_var: -5.0,
             gaps: u32::MAX,
-            flagged: vec![FlaggedPrompt {
-                sketch: "not a sketch".into(),
-                at: i64::MIN,
-                level: Level::Critical,
-            }],
+            flagged: vec![
+                FlaggedPrompt {
+                    sketch: Sketch::decode(&"A".repeat(43)).unwrap(),
+                    at: i64::MIN,
+                    level: Level::Critical,
+                };
+                MAX_FLAGGED * 4
+            ],
             ..Profile::default()
         };
         let o = observe(
@@ -545,7 +633,7 @@ mod tests {
             &BehaviourPolicy::default(),
         );
         assert!(o.profile.rate_minute <= 1e12 + 1.0);
-        assert!(o.profile.flagged.is_empty());
+        assert!(o.profile.flagged.len() <= MAX_FLAGGED);
         assert!(o.signals.iter().all(|s| s.weight.is_finite()));
     }
 }

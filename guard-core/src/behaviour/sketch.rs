@@ -124,13 +124,36 @@ impl Sketch {
 
     /// From [`Sketch::encode`]; `None` if it is not exactly that.
     pub fn decode(text: &str) -> Option<Sketch> {
-        // Canonical only: 43 characters whose last one carries no stray bits.
+        // Canonical only: 43 characters; the engine refuses stray bits in the last one.
         if text.len() != 43 {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        let sketch = Sketch(bytes.try_into().ok()?);
-        (sketch.encode() == text).then_some(sketch)
+        let mut bytes = [EMPTY; BINS];
+        let written = URL_SAFE_NO_PAD.decode_slice(text, &mut bytes).ok()?;
+        (written == BINS).then_some(Sketch(bytes))
+    }
+}
+
+impl serde::Serialize for Sketch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.encode())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sketch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Sketch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a prompt sketch: 43 characters of unpadded base64url")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sketch, E> {
+                Sketch::decode(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 

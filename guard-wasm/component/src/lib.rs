@@ -122,6 +122,12 @@ impl bindings::Guest for Component {
         })
     }
 
+    fn observe_json(request: String) -> Result<String, GuardError> {
+        guard()?
+            .observe_json(&request)
+            .map_err(|e| GuardError::InvalidInput(e.to_string()))
+    }
+
     fn rule_count() -> Result<u32, GuardError> {
         Ok(u32::try_from(guard()?.rule_count()).unwrap_or(u32::MAX))
     }

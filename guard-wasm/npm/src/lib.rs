@@ -155,6 +155,17 @@ impl Guard {
             .map_err(|e| error(e.code(), &e.to_string()))
     }
 
+    /// One behaviour event for a profile outside an assessment: `{profile?, now, text?,
+    /// content_level, decision?}` in, `{profile, signals}` out, as JSON strings. Throws an
+    /// `Error` with code `invalid_input` when the request is refused.
+    #[wasm_bindgen(js_name = observeJson)]
+    pub fn observe_json(&self, request: JsString) -> Result<String, JsValue> {
+        let request = well_formed(request, "request")?;
+        self.inner
+            .observe_json(&request)
+            .map_err(|e| error("invalid_input", &e.to_string()))
+    }
+
     /// Assesses a request given as JSON text; returns the `AssessmentOutput` as a JSON string.
     #[wasm_bindgen(js_name = assessJson)]
     pub fn assess_json(&self, request: JsString) -> Result<String, JsValue> {
