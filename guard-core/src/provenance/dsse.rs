@@ -7,7 +7,7 @@ pub const PAYLOAD_TYPE: &str = "application/vnd.sigil.template-provenance.v1+jso
 
 /// A DSSE envelope: `{payloadType, payload, signatures: [{keyid, sig}]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct Envelope {
     /// What the payload is; must be [`PAYLOAD_TYPE`].
     pub payload_type: String,
@@ -19,7 +19,7 @@ pub struct Envelope {
 
 /// One signature in an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct EnvelopeSignature {
     /// A hint for which key signed; keys are matched by fingerprint, never by this.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -43,6 +43,8 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out
 }
+
+crate::json::objects_only!(Envelope, EnvelopeSignature);
 
 #[cfg(test)]
 mod tests {

@@ -39,7 +39,7 @@ pub enum KeyringError {
 
 /// One key record as written in a keyring file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct KeyRecord {
     /// Hex SHA-256 of the SubjectPublicKeyInfo DER.
     pub fingerprint: String,
@@ -58,7 +58,7 @@ pub struct KeyRecord {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct KeyringFile {
     keys: Vec<KeyRecord>,
 }
@@ -214,3 +214,7 @@ impl Keyring {
         self.keys.is_empty()
     }
 }
+
+crate::json::objects_only!(KeyRecord);
+
+crate::json::objects_only_deserialize!(KeyringFile);

@@ -17,7 +17,7 @@ const MAX_REQUEST_BYTES: usize = MAX_TEMPLATE_BYTES * 2 + MAX_ENVELOPE_BYTES * 2
 /// max_skew_seconds?}`. The envelope is the DSSE object itself (or its JSON text as a string);
 /// requests that carry it elsewhere (an offline bundle) leave it out.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct VerifyRequest {
     #[serde(default)]
     envelope: Option<Box<RawValue>>,
@@ -128,3 +128,5 @@ pub(crate) fn verify_request_with(
     };
     verify(envelope, request.template.as_bytes(), &check)
 }
+
+crate::json::objects_only_deserialize!(VerifyRequest);

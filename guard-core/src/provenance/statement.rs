@@ -6,7 +6,7 @@ use crate::time::Timestamp;
 
 /// What a signer asserts about one version of a template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Statement {
     /// Template slug: lowercase ASCII letters, digits and `-_./`.
     pub template_id: String,
@@ -32,7 +32,7 @@ pub struct Statement {
 
 /// A content digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Digest {
     /// Lower-case hex SHA-256.
     pub sha256: String,
@@ -143,6 +143,8 @@ impl Statement {
         Ok(())
     }
 }
+
+crate::json::objects_only!(Statement, Digest);
 
 #[cfg(test)]
 mod tests {

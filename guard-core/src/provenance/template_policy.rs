@@ -27,7 +27,7 @@ pub enum TemplatePolicyError {
 
 /// `{min_version, approvals: {threshold, of}, withdrawn}`, kept and signed by the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct TemplatePolicy {
     /// Versions below this are refused, pinned or not. Raised when a version is withdrawn.
     #[serde(default = "one")]
@@ -42,7 +42,7 @@ pub struct TemplatePolicy {
 
 /// `threshold` signatures by distinct signers among the keys `of`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Approvals {
     /// How many distinct signers must have signed.
     pub threshold: u32,
@@ -138,7 +138,7 @@ impl TemplatePolicy {
 /// The highest version of a template a verifier has accepted, and its digest. The caller keeps
 /// it per template and hands it back; only an accepted record advances it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct HighWater {
     /// Version.
     pub version: u64,
@@ -149,3 +149,5 @@ pub struct HighWater {
 fn shorten(s: &str) -> String {
     s.chars().take(80).collect()
 }
+
+crate::json::objects_only!(TemplatePolicy, Approvals, HighWater);

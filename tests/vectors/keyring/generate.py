@@ -270,6 +270,12 @@ def main():
         ("unparseable body", body[:-1]),
         ("body that is not JSON at all", "not a statement"),
         ("signer with an escape sequence", body.replace('"signer":"vectors"', '"signer":"vec\\u001b[2Jtors"')),
+        ("statement as an array of its fields", json.dumps(
+            [s["template_id"], s["version"], [s["digest"]["sha256"]], s["variables_digest"],
+             s["prev_digest"], s["signer"], s["signed_at"], s["not_after"], s["validation_digest"]],
+            separators=(",", ":"))),
+        ("digest as an array", body.replace(
+            '{"sha256":"%s"}' % s["digest"]["sha256"], '["%s"]' % s["digest"]["sha256"])),
     ]
     for name, text in strict:
         add(f"signed, but {name}", envelope(text.encode(), [a]), "malformed_statement")
@@ -292,6 +298,17 @@ def main():
         "bad_signature")
     add("case-variant envelope field", {"PayloadType": PAYLOAD_TYPE, "payload": b64(v1),
                                         "signatures": env["signatures"]}, "malformed_envelope")
+    add("envelope as an array of its fields",
+        [env["payloadType"], env["payload"], [[x["keyid"], x["sig"]] for x in env["signatures"]]],
+        "malformed_envelope")
+    add("signature as an array", {**env, "signatures": [[x["keyid"], x["sig"]] for x in env["signatures"]]},
+        "malformed_envelope")
+    rec = a.record()
+    add("keyring record as an array", env, "invalid_keyring",
+        keys=[[rec["fingerprint"], rec["spki"], rec["scheme"], rec["valid_from"]]])
+    add("template policy as an array", env, "invalid_request",
+        template_policy=[1, [1, [a.fingerprint]], []])
+    add("high-water mark as an array", env, "invalid_request", high_water=[1, v1_digest])
 
     # Signatures broken at the RSA level, all by key a over the real message.
     message = pae(PAYLOAD_TYPE, v1)
