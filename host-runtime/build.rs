@@ -21,6 +21,7 @@ fn main() {
         "guard-core/rules",
         "guard-core/model",
         "guard-core/Cargo.toml",
+        "guard-montgomery",
         "guard-wasm/component",
         "guard-wasm/wit",
         "Cargo.lock",
