@@ -45,11 +45,19 @@ fn main() {
     }
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());
-    // OUT_DIR is <target>/<profile>/build/<pkg>/out; the guest gets a sibling of <profile>.
+    // OUT_DIR is <target>/<profile>/build/<pkg>/out; the guest gets a sibling of <profile>,
+    // one per checkout: two clones sharing a target folder would otherwise overwrite each
+    // other's module at the one output path while each believes its own build is fresh.
+    let checkout = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        workspace.hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    };
     let guest_target = out_dir
         .ancestors()
         .nth(4)
-        .map(|t| t.join("guest"))
+        .map(|t| t.join("guest").join(&checkout))
         .unwrap_or_else(|| out_dir.join("guest"));
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -718,6 +718,18 @@ pub(crate) fn next_seq_in(tx: &rusqlite::Transaction<'_>) -> Result<u64, AuditEr
     store::next_seq(tx)
 }
 
+/// The number of entries, read through any connection to the log's database.
+pub(crate) fn next_seq_in_conn(conn: &Connection) -> Result<u64, AuditError> {
+    store::next_seq(conn)
+}
+
+/// Entry `seq`, parsed strictly, read through any connection to the log's database.
+pub(crate) fn entry_in(conn: &Connection, seq: u64) -> Result<AuditEntry, AuditError> {
+    let bytes = store::entry_bytes(conn, seq)?
+        .ok_or_else(|| AuditError::Range(format!("no entry {seq}")))?;
+    Ok(AuditEntry::from_leaf_bytes(&bytes)?)
+}
+
 /// Appends `entries` and signs the checkpoint of the new tree inside the caller's transaction,
 /// so records kept beside the log commit together with their entries, or not at all.
 pub(crate) fn record_in(

@@ -48,7 +48,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let now = args.guard.now()?;
     let at = Timestamp::parse(&now)?;
     let engine = args.guard.engine()?;
-    let mut people = DemoRegistry::open(&demo, at)?;
+    let mut people = DemoRegistry::open(&demo, at, &engine)?;
 
     // The bundled template is written once; after that the one in the data folder is published,
     // so an edited copy becomes the next version.
@@ -264,7 +264,7 @@ struct DemoRegistry {
 }
 
 impl DemoRegistry {
-    fn open(dir: &Path, now: Timestamp) -> Result<Self> {
+    fn open(dir: &Path, now: Timestamp, engine: &crate::engine::GuardEngine) -> Result<Self> {
         let keys = dir.join("keys");
         let key = |name: &str| -> Result<LocalSigner> {
             let path = keys.join(format!("{name}.pem"));
@@ -323,6 +323,7 @@ impl DemoRegistry {
                 }),
                 now,
                 &log_key,
+                engine,
             )?;
             super::registry::write_secret(&token_path("admin"), &admin_token)?;
             outln!(

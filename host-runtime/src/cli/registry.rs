@@ -39,9 +39,6 @@ pub struct Access {
     /// `local:<data-dir>/keys/signing-key.pem`.
     #[arg(long, value_name = "SPEC")]
     log_signer: Option<SignerSpec>,
-    /// The time to act at (RFC 3339 UTC). Without it, the system clock.
-    #[arg(long, value_name = "RFC3339")]
-    now: Option<String>,
 }
 
 impl Access {
@@ -51,11 +48,10 @@ impl Access {
             .unwrap_or_else(|| self.data_dir.join("sigil.db"))
     }
 
+    /// Changes are dated by the system clock, never by the caller: the log's times and every
+    /// key-window check depend on it.
     fn now(&self) -> Result<Timestamp> {
-        Ok(match &self.now {
-            Some(now) => Timestamp::parse(now).context("--now")?,
-            None => Timestamp::parse(&now_utc())?,
-        })
+        Ok(Timestamp::parse(&now_utc())?)
     }
 
     fn open(&self) -> Result<Registry> {
@@ -301,7 +297,16 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
                 args.at.now()?,
                 args.at.log_signer()?.as_ref(),
             )?;
-            outln!("roles        {} now {:?}", args.name, args.roles);
+            let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            outln!(
+                "roles        {} now {}",
+                args.name,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(",")
+                }
+            );
         }
         IdentityCommand::Disable(args) => {
             let (mut registry, session) = args.at.session()?;
@@ -424,6 +429,9 @@ pub struct ShowArgs {
     /// report, a verification request (keyring and policy included) or an offline bundle.
     #[arg(long, value_enum, default_value_t = ShowPart::Summary)]
     part: ShowPart,
+    /// The verification time written into `--part request` (RFC 3339 UTC). Without it, now.
+    #[arg(long, value_name = "RFC3339")]
+    now: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -750,8 +758,12 @@ pub fn show(args: ShowArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         ShowPart::Request => {
-            let request =
-                registry.verification_request(&session, &args.id, args.version, args.at.now()?)?;
+            let now = match &args.now {
+                Some(now) => Timestamp::parse(now)
+                    .map_err(|e| anyhow::anyhow!("--now `{}`: {e}", now.escape_debug()))?,
+                None => args.at.now()?,
+            };
+            let request = registry.verification_request(&session, &args.id, args.version, now)?;
             outln!("{}", serde_json::to_string_pretty(&request)?);
             return Ok(ExitCode::SUCCESS);
         }
@@ -942,16 +954,18 @@ pub fn keyring(args: KeyringArgs) -> Result<ExitCode> {
 
 pub fn policy(args: PolicyArgs) -> Result<ExitCode> {
     let (mut registry, session) = args.at.session()?;
+    let engine = || GuardEngine::new("{}", EngineLimits::default());
     let policy = match (args.threshold, args.clear_approvals) {
         (Some(threshold), _) => registry.set_approvals(
             &session,
             &args.id,
             Some(Approvals {
                 threshold,
-                of: args.of.clone(),
+                of: args.of.iter().map(|fp| fp.trim().to_string()).collect(),
             }),
             args.at.now()?,
             args.at.log_signer()?.as_ref(),
+            &engine()?,
         )?,
         (None, true) => registry.set_approvals(
             &session,
@@ -959,6 +973,7 @@ pub fn policy(args: PolicyArgs) -> Result<ExitCode> {
             None,
             args.at.now()?,
             args.at.log_signer()?.as_ref(),
+            &engine()?,
         )?,
         (None, false) => registry.template_policy(&session, &args.id)?,
     };

@@ -33,7 +33,7 @@ pub use roles::{is_identity_name, Role, Session, UnknownRole, TOKEN_PREFIX};
 use store::{KeyRow, PrincipalRow, VersionRow};
 
 use crate::audit::{self, Appended, AuditError, AuditLog, NewEntry, SignedCheckpoint};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, GuardEngine};
 use crate::signer::{fingerprint, SignError, Signer};
 use crate::template::TemplateSignError;
 use crate::validate::{ValidationOptions, ValidationReport};
@@ -377,6 +377,7 @@ impl Registry {
             session,
             Role::Admin,
             "add identities",
+            now,
             log_signer,
             |tx, actor| {
                 if store::principal_by_name(tx, name)?.is_some() {
@@ -417,6 +418,7 @@ impl Registry {
             session,
             Role::Admin,
             "change roles",
+            now,
             log_signer,
             |tx, actor| {
                 let row = identity(tx, name)?;
@@ -456,6 +458,7 @@ impl Registry {
             session,
             Role::Admin,
             "disable identities",
+            now,
             log_signer,
             |tx, actor| {
                 let row = identity(tx, name)?;
@@ -496,6 +499,7 @@ impl Registry {
             session,
             Role::Admin,
             "issue tokens",
+            now,
             log_signer,
             |tx, actor| {
                 let row = identity(tx, name)?;
@@ -556,20 +560,27 @@ impl Registry {
                 "the key's end must be later than its start".into(),
             ));
         }
-        self.change(session, Role::Admin, "add keys", log_signer, |tx, actor| {
-            let owner = identity(tx, owner)?;
-            insert_key(
-                tx,
-                &fp,
-                spki,
-                scheme,
-                owner.id,
-                valid_from,
-                valid_until,
-                now,
-            )?;
-            Ok(vec![key_entry(now, actor, &fp, "added", BTreeMap::new())])
-        })?;
+        self.change(
+            session,
+            Role::Admin,
+            "add keys",
+            now,
+            log_signer,
+            |tx, actor| {
+                let owner = identity(tx, owner)?;
+                insert_key(
+                    tx,
+                    &fp,
+                    spki,
+                    scheme,
+                    owner.id,
+                    valid_from,
+                    valid_until,
+                    now,
+                )?;
+                Ok(vec![key_entry(now, actor, &fp, "added", BTreeMap::new())])
+            },
+        )?;
         Ok(fp)
     }
 
@@ -587,6 +598,7 @@ impl Registry {
             session,
             Role::Admin,
             "revoke keys",
+            now,
             log_signer,
             |tx, actor| {
                 let key = stored_key(tx, fingerprint)?;
@@ -634,6 +646,7 @@ impl Registry {
             session,
             Role::Admin,
             "rotate keys",
+            now,
             log_signer,
             |tx, actor| {
                 let old = stored_key(tx, old_fingerprint)?;
@@ -656,7 +669,22 @@ impl Registry {
                     ("old_key".to_string(), old_fingerprint.to_string()),
                     ("new_key".to_string(), new_fp.clone()),
                 ]);
-                Ok(vec![key_entry(now, actor, &new_fp, "rotated", digests)])
+                let mut entries = vec![key_entry(now, actor.clone(), &new_fp, "rotated", digests)];
+                // Policies that count the old key count the new one beside it, so approvals
+                // made before the rotation keep counting until the old key retires.
+                for template_id in store::template_ids(tx)? {
+                    let mut policy = template_policy(tx, &template_id)?;
+                    let Some(approvals) = policy.approvals.as_mut() else {
+                        continue;
+                    };
+                    if approvals.of.iter().any(|fp| fp == old_fingerprint)
+                        && !approvals.of.contains(&new_fp)
+                    {
+                        approvals.of.push(new_fp.clone());
+                        entries.push(store_policy(tx, &template_id, &policy, now, actor.clone())?);
+                    }
+                }
+                Ok(entries)
             },
         )?;
         Ok(new_fp)
@@ -688,6 +716,12 @@ impl Registry {
 
     /// Sets how many distinct signers, among which keys, a template's versions need (admin).
     /// `None` goes back to one signature by any key.
+    ///
+    /// Every key named must be in the keyring and not revoked, each once, and no two may be one
+    /// person's (an offline verifier counts keys, not people) unless one of them is retiring.
+    /// A version pending under the old policy that verifies under the new one is approved and
+    /// recorded as published in the same change.
+    #[allow(clippy::too_many_arguments)]
     pub fn set_approvals(
         &mut self,
         session: &Session,
@@ -695,6 +729,7 @@ impl Registry {
         approvals: Option<Approvals>,
         now: Timestamp,
         log_signer: &dyn Signer,
+        engine: &GuardEngine,
     ) -> Result<TemplatePolicy, RegistryError> {
         check_template_id(template_id)?;
         let mut result = None;
@@ -702,18 +737,23 @@ impl Registry {
             session,
             Role::Admin,
             "set template policies",
+            now,
             log_signer,
             |tx, actor| {
                 let mut policy = template_policy(tx, template_id)?;
                 if let Some(approvals) = &approvals {
-                    for fp in &approvals.of {
-                        stored_key(tx, fp)?;
-                    }
+                    check_approvers(tx, approvals, now)?;
                 }
                 policy.approvals = approvals.clone();
-                let entry = store_policy(tx, template_id, &policy, now, actor)?;
+                let mut entries = vec![store_policy(tx, template_id, &policy, now, actor.clone())?];
+                let seq = audit::next_seq_in(tx)?;
+                if let Some(published) =
+                    promote_pending(tx, engine, template_id, &policy, now, seq + 1, actor)?
+                {
+                    entries.push(published);
+                }
                 result = Some(policy);
-                Ok(vec![entry])
+                Ok(entries)
             },
         )?;
         result.ok_or_else(|| RegistryError::Corrupt("policy not set".into()))
@@ -734,6 +774,7 @@ impl Registry {
             session,
             Role::Admin,
             "withdraw templates",
+            now,
             log_signer,
             |tx, actor| {
                 let mut row = stored_version(tx, template_id, version)?;
@@ -877,6 +918,13 @@ impl Registry {
         now: Timestamp,
     ) -> Result<serde_json::Value, RegistryError> {
         let stored = self.show(session, template_id, version)?;
+        if stored.info.state == VersionState::Pending {
+            return Err(RegistryError::Conflict(format!(
+                "`{}` v{} is waiting for approvals; it is not handed to verifiers",
+                shorten(template_id),
+                stored.info.version
+            )));
+        }
         let conn = self.log_conn();
         let policy = template_policy(conn, template_id)?;
         let keys: Vec<KeyRecord> = key_infos(conn)?.into_iter().map(|k| k.record).collect();
@@ -906,11 +954,13 @@ impl Registry {
 
     /// Runs an admin-style change: authorizes inside the transaction, lets `f` write and name
     /// its entries, and records them with a signed checkpoint before committing.
+    #[allow(clippy::too_many_arguments)]
     fn change(
         &mut self,
         session: &Session,
         role: Role,
         action: &'static str,
+        now: Timestamp,
         log_signer: &dyn Signer,
         f: impl FnOnce(&rusqlite::Transaction<'_>, String) -> Result<Vec<NewEntry>, RegistryError>,
     ) -> Result<Recorded, RegistryError> {
@@ -920,6 +970,7 @@ impl Registry {
             .connection()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let caller = authorize(&tx, session, role, action)?;
+        check_clock(&tx, now)?;
         let actor = pseudonym_of(&caller.pseudonym_key, &caller.name);
         let entries = f(&tx, actor)?;
         let (entries, checkpoint) = audit::record_in(&tx, &origin, entries, log_signer)?;
@@ -1157,6 +1208,116 @@ fn insert_key(
     )
 }
 
+/// The keys of an approvals policy: known, not revoked, each once, one per person unless one of
+/// a person's keys is retiring.
+fn check_approvers(
+    conn: &rusqlite::Connection,
+    approvals: &Approvals,
+    now: Timestamp,
+) -> Result<(), RegistryError> {
+    let mut owners: BTreeMap<i64, (String, bool)> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for fp in &approvals.of {
+        if !seen.insert(fp.as_str()) {
+            return Err(RegistryError::Invalid(format!(
+                "key {} is listed twice",
+                shorten(fp)
+            )));
+        }
+        let key = stored_key(conn, fp)?;
+        if key.revoked_at.is_some() {
+            return Err(RegistryError::Invalid(format!(
+                "key {} is revoked",
+                shorten(fp)
+            )));
+        }
+        let retiring = key.valid_until.is_some();
+        if let Some(until) = key
+            .valid_until
+            .as_deref()
+            .map(parse_stored_time)
+            .transpose()?
+        {
+            if until <= now {
+                return Err(RegistryError::Invalid(format!(
+                    "key {} is retired",
+                    shorten(fp)
+                )));
+            }
+        }
+        if let Some((other, other_retiring)) = owners.get(&key.owner) {
+            if !retiring && !other_retiring {
+                let names = identity_names(conn)?;
+                return Err(RegistryError::Invalid(format!(
+                    "keys {} and {} are both `{}`'s: one person, one approval",
+                    shorten(other),
+                    shorten(fp),
+                    names.get(&key.owner).map_or("?", String::as_str)
+                )));
+            }
+        }
+        owners.insert(key.owner, (fp.clone(), retiring));
+    }
+    Ok(())
+}
+
+/// Approves the template's pending version if it verifies under `policy`, returning its
+/// `template.published` entry (to be appended at `seq`).
+fn promote_pending(
+    tx: &rusqlite::Transaction<'_>,
+    engine: &GuardEngine,
+    template_id: &str,
+    policy: &TemplatePolicy,
+    now: Timestamp,
+    seq: u64,
+    actor: String,
+) -> Result<Option<NewEntry>, RegistryError> {
+    let history = store::versions(tx, template_id)?;
+    let Some(mut pending) = history
+        .iter()
+        .find(|v| v.state == VersionState::Pending)
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let envelope: Envelope = serde_json::from_str(&pending.envelope)
+        .map_err(|e| RegistryError::Corrupt(format!("stored envelope: {e}")))?;
+    match publish::evaluate(
+        tx,
+        engine,
+        &envelope,
+        &pending.template,
+        template_id,
+        policy,
+        &history,
+        now,
+    )? {
+        publish::Verdict::Verified => {}
+        publish::Verdict::NeedsApprovals(_) => return Ok(None),
+    }
+    pending.state = VersionState::Approved;
+    pending.approved_at = Some(now.to_string());
+    pending.published_seq = Some(seq);
+    store::update_version(tx, &pending)?;
+    let mut digests = BTreeMap::from([
+        (
+            "envelope".to_string(),
+            guard_core::transparency::envelope_digest(&envelope).map_err(AuditError::from)?,
+        ),
+        ("template".to_string(), pending.digest.clone()),
+    ]);
+    if let Some(report) = &pending.report_digest {
+        digests.insert("validation".to_string(), report.clone());
+    }
+    Ok(Some(NewEntry {
+        time: now.to_string(),
+        kind: EntryKind::TemplatePublished,
+        actor,
+        subject: Some(format!("{template_id}@{}", pending.version)),
+        digests,
+    }))
+}
+
 fn template_policy(
     conn: &rusqlite::Connection,
     template_id: &str,
@@ -1294,4 +1455,24 @@ fn check_template_id(id: &str) -> Result<(), RegistryError> {
 /// At most 80 characters of user input in a message, control characters escaped.
 fn shorten(s: &str) -> String {
     s.chars().take(80).flat_map(char::escape_debug).collect()
+}
+
+/// The log's entries are in time order: a change may not be dated before the last one, which a
+/// wrong clock or a backdated `now` would do.
+pub(super) fn check_clock(
+    conn: &rusqlite::Connection,
+    now: Timestamp,
+) -> Result<(), RegistryError> {
+    let size = audit::next_seq_in_conn(conn)?;
+    let Some(last) = size.checked_sub(1) else {
+        return Ok(());
+    };
+    let entry = audit::entry_in(conn, last)?;
+    let at = parse_stored_time(&entry.time)?;
+    if now < at {
+        return Err(RegistryError::Invalid(format!(
+            "the time given, {now}, is before the audit log's last entry ({at}); check the clock"
+        )));
+    }
+    Ok(())
 }

@@ -71,6 +71,7 @@ impl Registry {
                 .connection()
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             authorize(&tx, session, Role::Publisher, "publish templates")?;
+            super::check_clock(&tx, now)?;
             store::insert_report(&tx, &report_digest, &report_json)?;
             let entry = NewEntry {
                 time: now.to_string(),
@@ -113,6 +114,7 @@ impl Registry {
             .connection()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         authorize(&tx, session, Role::Publisher, "publish templates")?;
+        super::check_clock(&tx, now)?;
         // Someone may have published meanwhile: the version chosen must still be the next.
         let latest = store::versions(&tx, template_id)?.last().map(|v| v.version);
         if latest != previous.map(|p| p.version) {
@@ -224,6 +226,15 @@ impl Registry {
                 row.state.as_str()
             )));
         }
+        // An approval that could not count would only use up this person's one approval.
+        let policy = template_policy(conn, template_id)?;
+        if let Some(approvals) = &policy.approvals {
+            if !approvals.of.contains(&key_fp) {
+                return Err(RegistryError::Invalid(format!(
+                    "key {key_fp} is not one whose approvals `{template_id}`'s policy counts"
+                )));
+            }
+        }
         let signatures = store::signatures(conn, template_id, version)?;
         if signatures.iter().any(|s| s.principal == session.id) {
             return Err(RegistryError::Conflict(format!(
@@ -247,7 +258,6 @@ impl Registry {
             sig: STANDARD.encode(signature),
         });
         let history = store::versions(conn, template_id)?;
-        let policy = template_policy(conn, template_id)?;
         let verdict = evaluate(
             conn,
             engine,
@@ -265,6 +275,7 @@ impl Registry {
             .connection()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         authorize(&tx, session, Role::Reviewer, "approve templates")?;
+        super::check_clock(&tx, now)?;
         // The envelope signed must still be the stored one (another approval may have landed).
         let mut current = stored_version(&tx, template_id, version)?;
         if current.envelope != row.envelope || current.state != VersionState::Pending {
@@ -342,15 +353,17 @@ impl Registry {
 }
 
 /// Whether a freshly signed envelope verifies, or only lacks approvals.
-enum Verdict {
+pub(super) enum Verdict {
+    /// It verifies.
     Verified,
+    /// It verifies but for approvals; the guard's message says how many.
     NeedsApprovals(String),
 }
 
 /// Asks the guard whether `envelope` verifies as the template's next active version against
 /// the registry's keyring and the template's policy, above the current active version.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(
+pub(super) fn evaluate(
     conn: &rusqlite::Connection,
     engine: &GuardEngine,
     envelope: &Envelope,

@@ -187,6 +187,10 @@ impl Fixture {
     }
 
     fn require_two_of_three(&mut self) {
+        self.require_two_of_three_at(at(3));
+    }
+
+    fn require_two_of_three_at(&mut self, now: Timestamp) {
         self.registry
             .set_approvals(
                 &self.admin,
@@ -198,8 +202,9 @@ impl Fixture {
                         .map(|n| Fixture::fingerprint(n))
                         .collect(),
                 }),
-                at(3),
+                now,
                 &self.log_signer,
+                engine(),
             )
             .unwrap();
     }
@@ -253,18 +258,12 @@ fn a_version_waits_for_its_approvals_and_then_verifies_everywhere() {
     assert!(published.waiting_for.is_some());
     // Pending: there is no active version, and the pending envelope does not verify.
     assert!(f.verify(None, at(30)).is_err());
-    let pinned = f
-        .registry
-        .verification_request(&f.session("sam"), TEMPLATE_ID, Some(1), at(30))
-        .unwrap();
-    assert_eq!(
-        engine()
-            .verify_json(&pinned.to_string())
-            .unwrap()
-            .unwrap_err()
-            .code,
-        "not_enough_approvals"
-    );
+    // A pending version is not handed to verifiers.
+    assert!(matches!(
+        f.registry
+            .verification_request(&f.session("sam"), TEMPLATE_ID, Some(1), at(30)),
+        Err(RegistryError::Conflict(_))
+    ));
 
     // The publisher cannot approve their own version; another reviewer can.
     f.approve("carol", 1).unwrap();
@@ -368,26 +367,48 @@ fn approvals_come_from_other_people_with_their_own_keys() {
 #[test]
 fn one_person_with_two_keys_is_one_approval() {
     let mut f = Fixture::new();
-    // Bob gets a second key; the policy lists both of his keys and alice's.
+    // Bob gets a second key; a policy may not count both of his keys.
     let second = f.add_key("bob", "mallory");
-    f.registry
+    let policy = |of: Vec<String>| Approvals { threshold: 2, of };
+    let err = f
+        .registry
         .set_approvals(
             &f.admin,
             TEMPLATE_ID,
-            Some(Approvals {
-                threshold: 2,
-                of: vec![
-                    Fixture::fingerprint("bob"),
-                    second,
-                    Fixture::fingerprint("carol"),
-                ],
-            }),
+            Some(policy(vec![
+                Fixture::fingerprint("bob"),
+                second.clone(),
+                Fixture::fingerprint("carol"),
+            ])),
             at(3),
             &f.log_signer,
+            engine(),
         )
-        .unwrap();
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("one person, one approval"),
+        "{err}"
+    );
+    // Nor one key twice, nor a key outside the keyring.
+    for of in [
+        vec![Fixture::fingerprint("bob"), Fixture::fingerprint("bob")],
+        vec![Fixture::fingerprint("bob"), "ab".repeat(32)],
+    ] {
+        assert!(f
+            .registry
+            .set_approvals(
+                &f.admin,
+                TEMPLATE_ID,
+                Some(policy(of)),
+                at(3),
+                &f.log_signer,
+                engine()
+            )
+            .is_err());
+    }
+    f.require_two_of_three();
     f.publish("alice", &template(1)).unwrap();
-    f.approve("bob", 1).unwrap();
+    // Bob's second key is not one the policy counts: refused before it uses up his approval.
     let bob = f.session("bob");
     let err = f
         .registry
@@ -401,8 +422,79 @@ fn one_person_with_two_keys_is_one_approval() {
             at(20),
         )
         .unwrap_err();
-    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
-    assert_eq!(f.approve("carol", 1).unwrap().state, VersionState::Approved);
+    assert!(err.to_string().contains("policy counts"), "{err}");
+    assert_eq!(f.approve("bob", 1).unwrap().state, VersionState::Approved);
+}
+
+#[test]
+fn a_policy_lowered_while_a_version_waits_approves_it() {
+    let mut f = Fixture::new();
+    f.require_two_of_three();
+    f.publish("alice", &template(1)).unwrap();
+    // Pending versions are not handed to verifiers.
+    assert!(matches!(
+        f.registry
+            .verification_request(&f.session("sam"), TEMPLATE_ID, Some(1), at(30)),
+        Err(RegistryError::Conflict(_))
+    ));
+    f.registry
+        .set_approvals(&f.admin, TEMPLATE_ID, None, at(30), &f.log_signer, engine())
+        .unwrap();
+    let history = f.registry.history(&f.session("dave"), TEMPLATE_ID).unwrap();
+    assert_eq!(history[0].state, VersionState::Approved);
+    assert!(history[0].active);
+    assert_eq!(*f.kinds().last().unwrap(), EntryKind::TemplatePublished);
+    assert!(f.verify(None, at(40)).is_ok());
+    f.log_intact();
+}
+
+#[test]
+fn a_rotation_keeps_policies_counting_and_the_clock_never_runs_back() {
+    let mut f = Fixture::new();
+    f.require_two_of_three();
+    f.publish("alice", &template(1)).unwrap();
+    f.approve("bob", 1).unwrap();
+    let new_fp = f
+        .registry
+        .rotate_key(
+            &f.admin,
+            &Fixture::fingerprint("alice"),
+            key("alice-2").public_key_der(),
+            Scheme::RsassaPkcs1v15Sha256,
+            Some(at(86_400)),
+            at(100),
+            &f.log_signer,
+        )
+        .unwrap();
+    let policy = f
+        .registry
+        .template_policy(&f.session("sam"), TEMPLATE_ID)
+        .unwrap();
+    let of = policy.approvals.unwrap().of;
+    assert!(of.contains(&new_fp) && of.contains(&Fixture::fingerprint("alice")));
+    // The approved version still verifies, and alice's new key publishes the next one.
+    assert!(f.verify(None, at(200)).is_ok());
+    let p = f
+        .publish_at("alice", "alice-2", &template(2), at(300))
+        .unwrap();
+    assert_eq!(p.state, VersionState::Pending);
+    // A change dated before the log's last entry is refused.
+    let err = f
+        .registry
+        .revoke_key(
+            &f.admin,
+            &Fixture::fingerprint("carol"),
+            at(50),
+            at(50),
+            &f.log_signer,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("before the audit log's last entry"),
+        "{err}"
+    );
+    f.log_intact();
 }
 
 #[test]
@@ -453,7 +545,7 @@ fn the_store_enforces_every_role() {
         );
         forbidden(
             f.registry
-                .set_approvals(&s, TEMPLATE_ID, None, at(5), &f.log_signer),
+                .set_approvals(&s, TEMPLATE_ID, None, at(5), &f.log_signer, engine()),
             Role::Admin,
         );
         forbidden(
@@ -469,8 +561,9 @@ fn the_store_enforces_every_role() {
         );
     }
     f.publish("alice", &template(1)).unwrap();
-    f.require_two_of_three();
-    f.publish("alice", &template(2)).unwrap();
+    f.require_two_of_three_at(at(11));
+    f.publish_at("alice", "alice", &template(2), at(12))
+        .unwrap();
     for who in ["admin", "alice", "dave", "sam"] {
         let s = f.session(who);
         forbidden(
@@ -784,7 +877,7 @@ fn a_rotated_key_hands_over_and_the_old_one_retires() {
         Scheme::RsassaPssSha256,
         at(0),
         None,
-        at(5),
+        at(90_001),
         &f.log_signer,
     );
     assert!(
