@@ -15,6 +15,7 @@ pub mod plot;
 pub mod registry;
 pub mod service;
 pub mod signer;
+pub mod store;
 pub mod template;
 pub mod train;
 pub mod validate;

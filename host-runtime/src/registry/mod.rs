@@ -914,20 +914,53 @@ impl Registry {
         log_signer: &dyn Signer,
         f: impl FnOnce(&rusqlite::Transaction<'_>, String) -> Result<Vec<NewEntry>, RegistryError>,
     ) -> Result<Recorded, RegistryError> {
+        self.change_with(session, role, action, log_signer, |tx, actor| {
+            Ok(((), f(tx, actor)?))
+        })
+        .map(|((), recorded)| recorded)
+    }
+
+    /// As `change`, for changes made outside the registry's own tables (the behaviour store's
+    /// erasures): `f` writes in the registry's transaction, returns its result and the entries
+    /// to record, and everything commits together or not at all.
+    pub(crate) fn change_with<T, E: From<RegistryError>>(
+        &mut self,
+        session: &Session,
+        role: Role,
+        action: &'static str,
+        log_signer: &dyn Signer,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, String) -> Result<(T, Vec<NewEntry>), E>,
+    ) -> Result<(T, Recorded), E> {
         let origin = self.log.origin().to_string();
         let tx = self
             .log
             .connection()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(RegistryError::from)?;
         let caller = authorize(&tx, session, role, action)?;
         let actor = pseudonym_of(&caller.pseudonym_key, &caller.name);
-        let entries = f(&tx, actor)?;
-        let (entries, checkpoint) = audit::record_in(&tx, &origin, entries, log_signer)?;
-        tx.commit()?;
-        Ok(Recorded {
-            entries,
-            checkpoint,
-        })
+        let (value, entries) = f(&tx, actor)?;
+        let (entries, checkpoint) =
+            audit::record_in(&tx, &origin, entries, log_signer).map_err(RegistryError::from)?;
+        tx.commit().map_err(RegistryError::from)?;
+        Ok((
+            value,
+            Recorded {
+                entries,
+                checkpoint,
+            },
+        ))
+    }
+
+    /// Checks, against the stored identity, that the session holds one of `roles` (for
+    /// operations on data kept outside the registry, such as the behaviour store's).
+    pub fn authorize(
+        &self,
+        session: &Session,
+        roles: &[Role],
+        action: &'static str,
+    ) -> Result<(), RegistryError> {
+        authorize_any(self.log_conn(), session, roles, action).map(|_| ())
     }
 }
 
