@@ -599,6 +599,23 @@ fn postgres_erase_export_purge_and_hostile_input() {
     for o in openers {
         o.join().unwrap().unwrap();
     }
+    // The commands on a PostgreSQL store: erased there first, then recorded in the registry.
+    let cli = Cli::new();
+    let url = spec_text(&server.database("commands"));
+    scan_as_user(&cli, &url, "pg-user", "acme", ATTACK);
+    scan_as_user(&cli, &url, "pg-user", "acme", ATTACK);
+    let export: serde_json::Value =
+        serde_json::from_str(&cli.admin(&["users", "export", "pg-user", "--store", &url])).unwrap();
+    assert_eq!(export["profiles"][0]["revision"], 2, "{export}");
+    let erased = cli.admin(&["users", "erase", "pg-user", "--store", &url]);
+    assert!(erased.contains("1 profiles, 2 detections"), "{erased}");
+    let log = cli.plain(&["audit", "show", "--json"]);
+    assert!(
+        log.contains("erased: 1 profiles, 2 detections") && !log.contains("pg-user"),
+        "{log}"
+    );
+    let out = cli.run_as(Some("admin"), &["users", "purge", "--store", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     // A server that is not there is an error.
     let gone: StoreSpec = format!("postgres://sigil@127.0.0.1:{}/x", free_port())
         .parse()
@@ -1007,4 +1024,54 @@ fn cli_users_refuses_hostile_ids_with_errors() {
     // Nothing above reached the log.
     let log = cli.plain(&["audit", "show", "--json"]);
     assert!(!log.contains("exported"), "{log}");
+}
+
+#[test]
+fn serve_with_a_store_purges_at_start_and_keeps_profiles() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = sqlite_spec(dir.path());
+    {
+        let store = store::open(&spec).unwrap();
+        write(store.as_ref(), None, "old-user", at(0), true);
+    }
+    // 100 days later: the old user's profile (30 days) and detection (90 days) are past retention.
+    let later = at(100 * DAY).to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--now", &later])
+        .args(["--store", &spec_text(&spec)])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut addr, mut purged) = (None, false);
+    while addr.is_none() || !purged {
+        let line = stderr.next().unwrap().unwrap();
+        if let Some(rest) = line.split("http://").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        purged |= line.contains("purged 1 detections and 1 profiles");
+    }
+    let addr = addr.unwrap();
+    let body = format!(r#"{{"text": "{ATTACK}", "user": "new-user"}}"#);
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/scan HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let store = store::open(&spec).unwrap();
+    assert!(store.export("old-user", None).unwrap().profiles.is_empty());
+    let new = store.export("new-user", None).unwrap();
+    assert_eq!((new.profiles.len(), new.detections.len()), (1, 1));
+    assert_eq!(
+        new.detections[0].time, later,
+        "the host's clock, as fixed by --now"
+    );
 }
