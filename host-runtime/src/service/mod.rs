@@ -1,7 +1,9 @@
 //! The HTTP service: `POST /v1/scan`, `GET /healthz`.
 //!
 //! Handlers translate HTTP to guard calls; the guard decides. Errors are JSON
-//! `{"error": {"code", "message"}}` and never carry internals.
+//! `{"error": {"code", "message"}}` and never carry internals. With a behaviour store
+//! ([`AppState::with_behaviour`]) a request naming a user is assessed with the user's stored
+//! profile, which is then updated ([`crate::store::assess_with_store`]).
 
 use std::sync::Arc;
 
