@@ -1075,3 +1075,50 @@ fn serve_with_a_store_purges_at_start_and_keeps_profiles() {
         "the host's clock, as fixed by --now"
     );
 }
+
+#[test]
+fn cli_erase_and_its_audit_entry_commit_together_or_not_at_all() {
+    let cli = Cli::new();
+    let store = format!("sqlite:{}", cli.db().display());
+    scan_as_user(&cli, &store, "atomic", "acme", ATTACK);
+    // An entry no checkpoint covers: the log refuses to append on top of it, inside the
+    // erasure's transaction, after the rows were deleted there.
+    let conn = rusqlite::Connection::open(cli.db()).unwrap();
+    conn.execute(
+        "INSERT INTO audit_entries (seq, entry, leaf_hash)
+         SELECT MAX(seq) + 1, x'7b7d', zeroblob(32) FROM audit_entries",
+        [],
+    )
+    .unwrap();
+    let out = cli.run_as(Some("admin"), &["users", "erase", "atomic"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("checkpoint"),
+        "{}",
+        text(&out.stderr)
+    );
+    let kept: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM behaviour_profiles WHERE subject = 'atomic'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let detections: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM behaviour_detections WHERE subject = 'atomic'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        (kept, detections),
+        (1, 1),
+        "the erasure committed without its audit entry"
+    );
+    // Without the stray entry the same command erases and records.
+    conn.execute("DELETE FROM audit_entries WHERE entry = x'7b7d'", [])
+        .unwrap();
+    let erased = cli.admin(&["users", "erase", "atomic"]);
+    assert!(erased.contains("1 profiles, 1 detections"), "{erased}");
+}
