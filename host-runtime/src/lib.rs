@@ -4,8 +4,9 @@
 //! Every decision (assessment, template verification) is made inside the wasm guard through
 //! [`engine::GuardEngine`]; this crate reads files, holds keys and talks to the network. It also
 //! measures the guard: [`metrics`] (pure functions over scored rows) and [`plot`] serve
-//! `sigil eval`. It keeps the tamper-evident [`audit`] log, whose proofs guard-core checks, and the template
-//! [`registry`] that records into it.
+//! `sigil eval`. It keeps the tamper-evident [`audit`] log, whose proofs guard-core checks, the template
+//! [`registry`] that records into it, and the behaviour [`store`] of users' profiles and
+//! detection records (SQLite or PostgreSQL), whose contents it never interprets.
 
 pub mod audit;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod plot;
 pub mod registry;
 pub mod service;
 pub mod signer;
+pub mod store;
 pub mod template;
 pub mod train;
 pub mod validate;

@@ -18,6 +18,7 @@ mod scan;
 mod serve;
 mod template;
 mod train;
+mod users;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,9 @@ enum Command {
     /// Manage the identities that may use the registry, and their roles.
     #[command(subcommand)]
     Identity(registry::IdentityCommand),
+    /// A user's behaviour data: export it, erase it, purge what is past its retention.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
     /// Run the main job on the bundled samples: sign a template, verify it, guard prompts.
     Demo(demo::DemoArgs),
 }
@@ -229,6 +233,7 @@ pub fn main() -> ExitCode {
         Command::Audit(command) => audit::run(command),
         Command::Init(args) => registry::init(args),
         Command::Identity(command) => registry::identity(command),
+        Command::Users(command) => users::run(command),
     };
     match result {
         Ok(code) => code,

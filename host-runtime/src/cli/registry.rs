@@ -28,7 +28,7 @@ pub const TOKEN_ENV: &str = "SIGIL_TOKEN";
 pub struct Access {
     /// The data folder (the database `sigil.db`, keys in `keys/`).
     #[arg(long, default_value = ".sigil")]
-    data_dir: PathBuf,
+    pub(super) data_dir: PathBuf,
     /// The database. Without it, `<data-dir>/sigil.db`.
     #[arg(long, value_name = "PATH")]
     db: Option<PathBuf>,
@@ -42,7 +42,7 @@ pub struct Access {
 }
 
 impl Access {
-    fn db(&self) -> PathBuf {
+    pub(super) fn db(&self) -> PathBuf {
         self.db
             .clone()
             .unwrap_or_else(|| self.data_dir.join("sigil.db"))
@@ -50,7 +50,7 @@ impl Access {
 
     /// Changes are dated by the system clock, never by the caller: the log's times and every
     /// key-window check depend on it.
-    fn now(&self) -> Result<Timestamp> {
+    pub(super) fn now(&self) -> Result<Timestamp> {
         Ok(Timestamp::parse(&now_utc())?)
     }
 
@@ -85,13 +85,13 @@ impl Access {
     }
 
     /// The registry and the session of the caller's token.
-    fn session(&self) -> Result<(Registry, Session)> {
+    pub(super) fn session(&self) -> Result<(Registry, Session)> {
         let registry = self.open()?;
         let session = registry.authenticate(&self.token()?)?;
         Ok((registry, session))
     }
 
-    fn log_signer(&self) -> Result<Box<dyn Signer>> {
+    pub(super) fn log_signer(&self) -> Result<Box<dyn Signer>> {
         let spec = match &self.log_signer {
             Some(spec) => spec.clone(),
             None => SignerSpec::Local {

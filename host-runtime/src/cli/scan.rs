@@ -10,8 +10,10 @@ use guard_core::AssessmentOutput;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::users::BehaviourArgs;
 use super::{parallel_map, read_bytes, utf8, GuardOptions};
 use crate::engine::GuardEngine;
+use crate::store::assess_with_store;
 
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
@@ -21,13 +23,22 @@ pub struct ScanArgs {
     #[arg(long, value_name = "PATH", conflicts_with_all = ["text", "jsonl"])]
     file: Option<PathBuf>,
     /// Scan JSON Lines with a `text` field (`-` for standard input); one assessment per line.
-    #[arg(long, value_name = "PATH", conflicts_with = "text")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["text", "store"])]
     jsonl: Option<PathBuf>,
     /// Print guard-core's JSON instead of a table.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     guard: GuardOptions,
+    /// The user the text comes from: with `--store`, assessed with their stored profile, which
+    /// is then updated.
+    #[arg(long, value_name = "ID", conflicts_with = "jsonl")]
+    user: Option<String>,
+    /// The user's tenant.
+    #[arg(long, value_name = "ID", requires = "user")]
+    tenant: Option<String>,
+    #[command(flatten)]
+    behaviour: BehaviourArgs,
 }
 
 /// The assessment half of the guard's answer, kept as the exact bytes the guard wrote.
@@ -58,7 +69,23 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
             utf8(bytes, "standard input")?
         }
     };
-    let json = engine.assess_text(&text, &now)?;
+    let json = match (args.behaviour.open()?, &args.user) {
+        (Some(behaviour), Some(_)) => {
+            let input = guard_core::AssessmentInput {
+                segments: vec![guard_core::Segment::untrusted(text)],
+                context: guard_core::Context {
+                    tenant: args.tenant.clone(),
+                    user: args.user.clone(),
+                    now: now.clone(),
+                    profile: None,
+                },
+            };
+            let clock = guard_core::time::Timestamp::parse(&now)?;
+            assess_with_store(&engine, &behaviour, &input, clock)?
+        }
+        (Some(_), None) => anyhow::bail!("--store keeps profiles per user: name one with --user"),
+        (None, _) => engine.assess_text(&text, &now)?,
+    };
     let output: AssessmentOutput =
         serde_json::from_str(&json).context("the guard's answer is not the contract's shape")?;
     let mut out = io::stdout().lock();

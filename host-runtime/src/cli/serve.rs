@@ -6,8 +6,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
+use super::users::{BehaviourArgs, RetentionArgs};
 use super::GuardOptions;
 use crate::service::{app, AppState, DEFAULT_MAX_BODY};
+use crate::store::{ProfileStore, Retention};
+
+/// How often `sigil serve` runs the retention purge when it keeps a store.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -19,15 +24,41 @@ pub struct ServeArgs {
     max_body: u64,
     #[command(flatten)]
     guard: GuardOptions,
+    #[command(flatten)]
+    behaviour: BehaviourArgs,
+    /// Retention, enforced by a purge at start and every hour when `--store` is given.
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let engine = Arc::new(args.guard.engine()?);
     let mut state = AppState::new(engine, usize::try_from(args.max_body).unwrap_or(usize::MAX));
-    if args.guard.now.is_some() {
-        state = state.with_fixed_now(args.guard.now()?);
+    let fixed_now = match &args.guard.now {
+        Some(_) => Some(args.guard.now()?),
+        None => None,
+    };
+    if let Some(now) = &fixed_now {
+        state = state.with_fixed_now(now.clone());
+    }
+    let behaviour = args.behaviour.open()?;
+    let store = behaviour.as_ref().map(|b| b.store.clone());
+    if let Some(behaviour) = behaviour {
+        eprintln!(
+            "sigil keeps behaviour profiles in {}",
+            args.behaviour
+                .store
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        state = state.with_behaviour(behaviour);
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    if let Some(store) = store {
+        let retention = args.retention.retention();
+        runtime.spawn(purge_periodically(store, retention, fixed_now));
+    }
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen.as_str())
             .await
@@ -42,6 +73,36 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     // In-flight requests had their chance; do not wait forever on stuck connections.
     runtime.shutdown_timeout(Duration::from_secs(10));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the retention purge now and every [`PURGE_EVERY`]; failures are logged and retried at
+/// the next round.
+async fn purge_periodically(
+    store: Arc<dyn ProfileStore>,
+    retention: Retention,
+    fixed_now: Option<String>,
+) {
+    let mut interval = tokio::time::interval(PURGE_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = fixed_now.clone().unwrap_or_else(super::now_utc);
+        let store = store.clone();
+        let purged = tokio::task::spawn_blocking(move || {
+            let now = guard_core::time::Timestamp::parse(&now).map_err(|e| e.to_string())?;
+            store.purge(now, retention).map_err(|e| e.to_string())
+        })
+        .await;
+        match purged {
+            Ok(Ok(p)) if p.detections + p.profiles > 0 => eprintln!(
+                "purged {} detections and {} profiles past their retention",
+                p.detections, p.profiles
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("behaviour purge failed: {e}"),
+            Err(e) => eprintln!("behaviour purge failed: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

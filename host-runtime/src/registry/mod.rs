@@ -964,21 +964,56 @@ impl Registry {
         log_signer: &dyn Signer,
         f: impl FnOnce(&rusqlite::Transaction<'_>, String) -> Result<Vec<NewEntry>, RegistryError>,
     ) -> Result<Recorded, RegistryError> {
+        self.change_with(session, role, action, now, log_signer, |tx, actor| {
+            Ok(((), f(tx, actor)?))
+        })
+        .map(|((), recorded)| recorded)
+    }
+
+    /// As `change`, for changes made outside the registry's own tables (the behaviour store's
+    /// erasures): `f` writes in the registry's transaction, returns its result and the entries
+    /// to record, and everything commits together or not at all.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn change_with<T, E: From<RegistryError>>(
+        &mut self,
+        session: &Session,
+        role: Role,
+        action: &'static str,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, String) -> Result<(T, Vec<NewEntry>), E>,
+    ) -> Result<(T, Recorded), E> {
         let origin = self.log.origin().to_string();
         let tx = self
             .log
             .connection()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(RegistryError::from)?;
         let caller = authorize(&tx, session, role, action)?;
-        check_clock(&tx, now)?;
+        check_clock(&tx, now).map_err(E::from)?;
         let actor = pseudonym_of(&caller.pseudonym_key, &caller.name);
-        let entries = f(&tx, actor)?;
-        let (entries, checkpoint) = audit::record_in(&tx, &origin, entries, log_signer)?;
-        tx.commit()?;
-        Ok(Recorded {
-            entries,
-            checkpoint,
-        })
+        let (value, entries) = f(&tx, actor)?;
+        let (entries, checkpoint) =
+            audit::record_in(&tx, &origin, entries, log_signer).map_err(RegistryError::from)?;
+        tx.commit().map_err(RegistryError::from)?;
+        Ok((
+            value,
+            Recorded {
+                entries,
+                checkpoint,
+            },
+        ))
+    }
+
+    /// Checks, against the stored identity, that the session holds one of `roles` (for
+    /// operations on data kept outside the registry, such as the behaviour store's).
+    pub fn authorize(
+        &self,
+        session: &Session,
+        roles: &[Role],
+        action: &'static str,
+    ) -> Result<(), RegistryError> {
+        authorize_any(self.log_conn(), session, roles, action).map(|_| ())
     }
 }
 
@@ -1467,7 +1502,11 @@ pub(super) fn check_clock(
     let Some(last) = size.checked_sub(1) else {
         return Ok(());
     };
-    let entry = audit::entry_in(conn, last)?;
+    // An entry that does not parse is tampering, which appending finds and refuses (the log
+    // signs nothing on top of what it cannot verify); the clock is judged by sound entries.
+    let Ok(entry) = audit::entry_in(conn, last) else {
+        return Ok(());
+    };
     let at = parse_stored_time(&entry.time)?;
     if now < at {
         return Err(RegistryError::Invalid(format!(

@@ -1,7 +1,9 @@
 //! The HTTP service: `POST /v1/scan`, `GET /healthz`.
 //!
 //! Handlers translate HTTP to guard calls; the guard decides. Errors are JSON
-//! `{"error": {"code", "message"}}` and never carry internals.
+//! `{"error": {"code", "message"}}` and never carry internals. With a behaviour store
+//! ([`AppState::with_behaviour`]) a request naming a user is assessed with the user's stored
+//! profile, which is then updated ([`crate::store::assess_with_store`]).
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use crate::engine::{EngineError, GuardEngine};
+use crate::store::{assess_with_store, AssessError, Behaviour, StoreError};
 
 /// Largest request body accepted by default.
 pub const DEFAULT_MAX_BODY: usize = 16 << 20;
@@ -40,6 +43,8 @@ pub struct AppState {
     body_budget_kib: u32,
     clock: Arc<dyn Fn() -> String + Send + Sync>,
     max_body: usize,
+    /// Where users' profiles are kept, when the service keeps them.
+    behaviour: Option<Arc<Behaviour>>,
 }
 
 impl AppState {
@@ -58,6 +63,7 @@ impl AppState {
             body_budget_kib: budget,
             clock: Arc::new(crate::cli::now_utc),
             max_body,
+            behaviour: None,
         }
     }
 }
@@ -66,6 +72,13 @@ impl AppState {
     /// The same state with a fixed time for every request (for replaying traffic and for tests).
     pub fn with_fixed_now(mut self, now: String) -> Self {
         self.clock = Arc::new(move || now.clone());
+        self
+    }
+
+    /// The same state keeping users' profiles and detections in a store: a request that names a
+    /// user and carries no profile is assessed with the stored one, which is then updated.
+    pub fn with_behaviour(mut self, behaviour: Behaviour) -> Self {
+        self.behaviour = Some(Arc::new(behaviour));
         self
     }
 }
@@ -99,6 +112,33 @@ impl From<EngineError> for AppError {
             ),
             other => {
                 // The cause stays in the server's log, not in the answer.
+                eprintln!("guard call failed: {other}");
+                AppError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "guard_unavailable",
+                    "the guard could not answer; the request was not assessed",
+                )
+            }
+        }
+    }
+}
+
+impl From<AssessError> for AppError {
+    fn from(e: AssessError) -> Self {
+        match e {
+            AssessError::Engine(e) => e.into(),
+            AssessError::Store(StoreError::InvalidKey(m)) => {
+                AppError::new(StatusCode::BAD_REQUEST, "invalid_input", m)
+            }
+            AssessError::Store(e) => {
+                eprintln!("behaviour store failed: {e}");
+                AppError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the behaviour store could not be used; the request was not assessed",
+                )
+            }
+            other => {
                 eprintln!("guard call failed: {other}");
                 AppError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -318,7 +358,8 @@ async fn scan(
             ),
         )
     })?;
-    let request = contract_request(text, (state.clock)())?;
+    let now = (state.clock)();
+    let input = contract_request(text, now.clone())?;
     let _guard = state
         .guard_permits
         .clone()
@@ -326,20 +367,41 @@ async fn scan(
         .await
         .map_err(stopping)?;
     let engine = state.engine.clone();
-    let answer = tokio::task::spawn_blocking(move || engine.assess_json(&request))
-        .await
-        .map_err(|_| {
-            AppError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "guard call failed",
-            )
-        })??;
+    let behaviour = state.behaviour.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<String, AppError> {
+        match behaviour {
+            Some(behaviour) => {
+                let now = guard_core::time::Timestamp::parse(&now).map_err(|e| {
+                    AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?;
+                Ok(assess_with_store(&engine, &behaviour, &input, now)?)
+            }
+            None => Ok(engine.assess_json(&encode(&input)?)?),
+        }
+    })
+    .await
+    .map_err(|_| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "guard call failed",
+        )
+    })??;
     Ok(json_response(StatusCode::OK, answer))
 }
 
-/// Either accepted form as the contract's JSON text. Errors point into the body as sent.
-fn contract_request(body: &str, now: String) -> Result<String, AppError> {
+fn encode(input: &AssessmentInput) -> Result<String, AppError> {
+    serde_json::to_string(input).map_err(|_| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "request could not be encoded",
+        )
+    })
+}
+
+/// Either accepted form as the contract's input. Errors point into the body as sent.
+fn contract_request(body: &str, now: String) -> Result<AssessmentInput, AppError> {
     if !body.trim_start().starts_with('{') {
         return Err(AppError::new(
             StatusCode::BAD_REQUEST,
@@ -377,11 +439,5 @@ fn contract_request(body: &str, now: String) -> Result<String, AppError> {
             },
         }
     };
-    serde_json::to_string(&input).map_err(|_| {
-        AppError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "request could not be encoded",
-        )
-    })
+    Ok(input)
 }

@@ -9,6 +9,7 @@
 )]
 
 mod audit;
+mod behaviour;
 mod cli;
 mod engine;
 mod registry;

@@ -1,0 +1,198 @@
+//! A user's requests (erase, export) and the retention purge, done by a registry identity with
+//! the admin role and recorded in the registry's audit log. Entries name the user only by the
+//! keyed pseudonym of their subject id, never the id itself.
+
+use std::collections::BTreeMap;
+
+use guard_core::provenance::sha256_hex;
+use guard_core::time::Timestamp;
+use guard_core::transparency::EntryKind;
+
+use super::{
+    check_subject, check_tenant, sqlite, Erased, Export, ProfileStore, Purged, Retention,
+    StoreError,
+};
+use crate::audit::NewEntry;
+use crate::registry::{Recorded, Registry, RegistryError, Role, Session};
+use crate::signer::Signer;
+
+/// Where an erasure happens.
+#[derive(Debug, Clone, Copy)]
+pub enum EraseTarget<'a> {
+    /// The behaviour tables are in the registry's own SQLite database: the erasure and its audit
+    /// entry commit in one transaction.
+    RegistryDatabase,
+    /// Another store (PostgreSQL, or another SQLite file): the erasure commits there first, then
+    /// the entry is recorded.
+    Store(&'a dyn ProfileStore),
+}
+
+/// Why a user request or a purge failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsersError {
+    /// The registry refused (authentication, role) or failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data was erased in a separate store, but the audit entry could not be recorded.
+    #[error("the user's data was erased ({} profiles, {} detections) but the audit entry could not be recorded: {source}", .erased.profiles, .erased.detections)]
+    NotRecorded {
+        /// What was erased.
+        erased: Erased,
+        /// Why recording failed.
+        source: RegistryError,
+    },
+}
+
+fn check_ids(subject: &str, tenant: Option<&str>) -> Result<(), StoreError> {
+    check_subject(subject)?;
+    tenant.map(check_tenant).transpose()?;
+    Ok(())
+}
+
+fn tenant_digests(tenant: Option<&str>) -> BTreeMap<String, String> {
+    tenant
+        .map(|t| ("tenant".to_string(), sha256_hex(t.as_bytes())))
+        .into_iter()
+        .collect()
+}
+
+fn scope(tenant: Option<&str>) -> &'static str {
+    if tenant.is_some() {
+        " in one tenant"
+    } else {
+        ""
+    }
+}
+
+fn erase_entry(now: Timestamp, actor: String, erased: &Erased, tenant: Option<&str>) -> NewEntry {
+    NewEntry {
+        time: now.to_string(),
+        kind: EntryKind::Admin,
+        actor,
+        subject: Some(format!(
+            "user {} erased{}: {} profiles, {} detections",
+            erased.pseudonym,
+            scope(tenant),
+            erased.profiles,
+            erased.detections
+        )),
+        digests: tenant_digests(tenant),
+    }
+}
+
+/// Erases the user's profiles and detections (in every tenant, or in `tenant`) as `session`,
+/// which needs the admin role, and records an `admin` entry naming the user by pseudonym.
+pub fn erase_user(
+    registry: &mut Registry,
+    session: &Session,
+    target: EraseTarget<'_>,
+    subject: &str,
+    tenant: Option<&str>,
+    now: Timestamp,
+    log_signer: &dyn Signer,
+) -> Result<(Erased, Recorded), UsersError> {
+    const ACTION: &str = "erase user data";
+    check_ids(subject, tenant)?;
+    match target {
+        EraseTarget::RegistryDatabase => registry.change_with(
+            session,
+            Role::Admin,
+            ACTION,
+            now,
+            log_signer,
+            |tx, actor| {
+                sqlite::init_in(tx)?;
+                let erased = sqlite::erase_in(tx, subject, tenant)?;
+                let entry = erase_entry(now, actor, &erased, tenant);
+                Ok::<_, UsersError>((erased, vec![entry]))
+            },
+        ),
+        EraseTarget::Store(store) => {
+            registry.authorize(session, &[Role::Admin], ACTION)?;
+            let erased = store.erase(subject, tenant)?;
+            let recorded =
+                registry.change_with(session, Role::Admin, ACTION, now, log_signer, |_, actor| {
+                    Ok::<_, RegistryError>(((), vec![erase_entry(now, actor, &erased, tenant)]))
+                });
+            match recorded {
+                Ok(((), recorded)) => Ok((erased, recorded)),
+                Err(source) => Err(UsersError::NotRecorded { erased, source }),
+            }
+        }
+    }
+}
+
+/// Everything the store holds about the user, read as `session` (admin), with an `admin` entry
+/// recording that it was exported. Nothing is returned unless the entry was recorded.
+pub fn export_user(
+    registry: &mut Registry,
+    session: &Session,
+    store: &dyn ProfileStore,
+    subject: &str,
+    tenant: Option<&str>,
+    now: Timestamp,
+    log_signer: &dyn Signer,
+) -> Result<(Export, Recorded), UsersError> {
+    const ACTION: &str = "export user data";
+    check_ids(subject, tenant)?;
+    registry.authorize(session, &[Role::Admin], ACTION)?;
+    let export = store.export(subject, tenant)?;
+    let pseudonym = store.pseudonym(subject)?;
+    let ((), recorded) =
+        registry.change_with(session, Role::Admin, ACTION, now, log_signer, |_, actor| {
+            Ok::<_, UsersError>((
+                (),
+                vec![NewEntry {
+                    time: now.to_string(),
+                    kind: EntryKind::Admin,
+                    actor,
+                    subject: Some(format!(
+                        "user {pseudonym} exported{}: {} profiles, {} detections",
+                        scope(tenant),
+                        export.profiles.len(),
+                        export.detections.len()
+                    )),
+                    digests: tenant_digests(tenant),
+                }],
+            ))
+        })?;
+    Ok((export, recorded))
+}
+
+/// Runs the retention purge as `session` (admin) and records what it removed.
+pub fn purge_recorded(
+    registry: &mut Registry,
+    session: &Session,
+    store: &dyn ProfileStore,
+    now: Timestamp,
+    retention: Retention,
+    log_signer: &dyn Signer,
+) -> Result<(Purged, Recorded), UsersError> {
+    const ACTION: &str = "purge behaviour data";
+    registry.authorize(session, &[Role::Admin], ACTION)?;
+    let purged = store.purge(now, retention)?;
+    let ((), recorded) =
+        registry.change_with(session, Role::Admin, ACTION, now, log_signer, |_, actor| {
+            Ok::<_, UsersError>((
+                (),
+                vec![NewEntry {
+                    time: now.to_string(),
+                    kind: EntryKind::Admin,
+                    actor,
+                    subject: Some(format!(
+                        "behaviour purge: {} detections over {} days, {} profiles unseen for {} days",
+                        purged.detections,
+                        retention.detections_days,
+                        purged.profiles,
+                        retention.profiles_days
+                    )),
+                    digests: BTreeMap::new(),
+                }],
+            ))
+        })?;
+    Ok((purged, recorded))
+}
