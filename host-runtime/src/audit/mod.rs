@@ -638,12 +638,13 @@ impl AuditLog {
         if entries > 0 && checkpoints.is_empty() {
             problems.push(Problem::NoCheckpoint { entries });
         }
-        // The stored nodes are what proofs are made from: they must give the same root.
+        // The stored nodes are what proofs are made from: every one must be what the entries
+        // give, or a proof made from it would not lead to a signed root.
         let stored_size = self.size()?;
         if stored_size == entries {
-            match self.root(entries) {
-                Ok(r) if r == root => {}
-                _ => problems.push(Problem::NodesMismatch),
+            let root_ok = matches!(self.root(entries), Ok(r) if r == root);
+            if !root_ok || store::check_nodes(&self.conn, entries)?.is_some() {
+                problems.push(Problem::NodesMismatch);
             }
         }
         let latest = checkpoints.values().next_back();

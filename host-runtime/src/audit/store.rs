@@ -39,6 +39,17 @@ pub(super) fn open(path: &Path, create: bool) -> Result<Connection, AuditError> 
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        // The database holds the keys of people's pseudonyms: readable by its owner only.
+        // SQLite gives its journal files the database's mode.
+        #[cfg(unix)]
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+        }
     }
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -335,4 +346,82 @@ pub(super) fn for_each_row(
         f(seq, &bytes, leaf)?;
     }
     Ok(())
+}
+
+/// Checks every stored subtree hash, for a log of `entries` entries: each leaf node is its
+/// entry's leaf hash, each interior node the hash of its two children, and every node the tree
+/// needs is there and no other. Returns the first node found wrong, as (level, index).
+pub(super) fn check_nodes(
+    conn: &Connection,
+    entries: u64,
+) -> Result<Option<(u32, u64)>, AuditError> {
+    let as_position = |level: i64, idx: i64| {
+        (
+            u32::try_from(level).unwrap_or(u32::MAX),
+            u64::try_from(idx).unwrap_or(u64::MAX),
+        )
+    };
+    // Leaves.
+    let mut leaves = conn.prepare(
+        "SELECT n.idx, n.hash, e.leaf_hash FROM audit_nodes n
+         LEFT JOIN audit_entries e ON e.seq = n.idx WHERE n.level = 0 ORDER BY n.idx",
+    )?;
+    let mut rows = leaves.query([])?;
+    while let Some(row) = rows.next()? {
+        let idx: i64 = row.get(0)?;
+        let node = value_bytes(row.get_ref(1)?);
+        let leaf = match row.get_ref(2)? {
+            ValueRef::Null => None,
+            value => Some(value_bytes(value)),
+        };
+        if leaf.as_deref() != Some(node.as_slice()) {
+            return Ok(Some(as_position(0, idx)));
+        }
+    }
+    // Interior nodes against their children.
+    let mut interior = conn.prepare(
+        "SELECT p.level, p.idx, p.hash, l.hash, r.hash FROM audit_nodes p
+         LEFT JOIN audit_nodes l ON l.level = p.level - 1 AND l.idx = 2 * p.idx
+         LEFT JOIN audit_nodes r ON r.level = p.level - 1 AND r.idx = 2 * p.idx + 1
+         WHERE p.level > 0 ORDER BY p.level, p.idx",
+    )?;
+    let mut rows = interior.query([])?;
+    while let Some(row) = rows.next()? {
+        let (level, idx): (i64, i64) = (row.get(0)?, row.get(1)?);
+        let parent = to_hash(&value_bytes(row.get_ref(2)?));
+        let children = match (row.get_ref(3)?, row.get_ref(4)?) {
+            (ValueRef::Null, _) | (_, ValueRef::Null) => None,
+            (l, r) => to_hash(&value_bytes(l)).zip(to_hash(&value_bytes(r))),
+        };
+        let expected = children.map(|(l, r)| node_hash(&l, &r));
+        if parent.is_none() || parent != expected {
+            return Ok(Some(as_position(level, idx)));
+        }
+    }
+    // As many nodes on each level as the tree has, no more and no fewer.
+    let mut counts =
+        conn.prepare("SELECT level, COUNT(*), MAX(idx) FROM audit_nodes GROUP BY level")?;
+    let mut rows = counts.query([])?;
+    let mut levels_seen = 0u32;
+    while let Some(row) = rows.next()? {
+        let (level, count, max): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let Ok(level_u) = u32::try_from(level) else {
+            return Ok(Some(as_position(level, max)));
+        };
+        let want = entries.checked_shr(level_u).unwrap_or(0);
+        if u64::try_from(count).ok() != Some(want) || u64::try_from(max).ok() != want.checked_sub(1)
+        {
+            return Ok(Some(as_position(level, max)));
+        }
+        levels_seen += 1;
+    }
+    let levels_needed = if entries == 0 {
+        0
+    } else {
+        64 - entries.leading_zeros()
+    };
+    if levels_seen != levels_needed {
+        return Ok(Some((levels_seen, 0)));
+    }
+    Ok(None)
 }

@@ -450,6 +450,15 @@ fn publish(args: PublishArgs) -> Result<ExitCode> {
     }
     let mut log = AuditLog::open_with_origin(&db, args.origin.as_deref())
         .with_context(|| format!("cannot open `{}`", db.display()))?;
+    // A registry's log is written by the registry alone: it checks who publishes, with which
+    // key, under which policy. Recording beside it would let anyone put words in its mouth.
+    if crate::registry::Registry::is_registry(&log)? {
+        eprintln!(
+            "refused: `{}` holds a template registry; publish with `sigil template publish`, which records it here",
+            db.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
     if let Some(conflict) = history_conflict(&log, &entry)? {
         eprintln!("refused: {conflict}; nothing was recorded");
         return Ok(ExitCode::from(1));

@@ -210,6 +210,23 @@ fn worker_threads(items: usize) -> usize {
         .min(items.max(1))
 }
 
+/// Whether an error is the registry refusing what was asked, rather than failing.
+fn is_refusal(e: &anyhow::Error) -> bool {
+    use crate::registry::RegistryError;
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<RegistryError>(),
+            Some(
+                RegistryError::Forbidden { .. }
+                    | RegistryError::Unauthenticated(_)
+                    | RegistryError::Conflict(_)
+                    | RegistryError::Refused { .. }
+                    | RegistryError::Validation(_)
+            )
+        )
+    })
+}
+
 /// Whether an error is the reader of our output going away.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
@@ -238,6 +255,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // Refusals (not allowed, not now, not that way) exit 1, as other verdicts do; 2 is
+        // for a command that could not run.
+        Err(e) if is_refusal(&e) => {
+            eprintln!("refused: {e:#}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

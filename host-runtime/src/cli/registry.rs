@@ -135,14 +135,27 @@ pub fn init(args: InitArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create `{}`", parent.display()))?;
     }
-    let mut registry = Registry::open_with_origin(&db, args.origin.as_deref())
-        .with_context(|| format!("cannot open `{}`", db.display()))?;
-    let token = registry.bootstrap(&args.admin, args.at.now()?, args.at.log_signer()?.as_ref())?;
     let token_path = args
         .token_out
         .clone()
         .unwrap_or_else(|| args.at.data_dir.join("admin.token"));
-    write_secret(&token_path, &token)?;
+    // The token's file is made before the admin is: a token that cannot be written would leave
+    // a registry nobody can administer.
+    let mut token_file = create_secret(&token_path)?;
+    let bootstrapped = Registry::open_with_origin(&db, args.origin.as_deref())
+        .with_context(|| format!("cannot open `{}`", db.display()))
+        .and_then(|mut registry| {
+            Ok(registry.bootstrap(&args.admin, args.at.now()?, args.at.log_signer()?.as_ref())?)
+        });
+    let token = match bootstrapped {
+        Ok(token) => token,
+        Err(e) => {
+            drop(token_file);
+            let _ = std::fs::remove_file(&token_path);
+            return Err(e);
+        }
+    };
+    fill_secret(&mut token_file, &token_path, &token)?;
     outln!("registry     {}", db.display());
     outln!(
         "admin        {} (token in {})",
@@ -154,7 +167,12 @@ pub fn init(args: InitArgs) -> Result<ExitCode> {
 
 /// Writes a token readable by its owner only, never over an existing file.
 pub(super) fn write_secret(path: &Path, token: &str) -> Result<()> {
-    use std::io::Write as _;
+    let mut file = create_secret(path)?;
+    fill_secret(&mut file, path, token)
+}
+
+/// A new file readable by its owner only; an existing one is never replaced.
+fn create_secret(path: &Path) -> Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -162,9 +180,20 @@ pub(super) fn write_secret(path: &Path, token: &str) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
     }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("cannot create `{}` (it must not exist yet)", path.display()))?;
+    options.open(path).with_context(|| {
+        if path.exists() {
+            format!(
+                "`{}` exists; a token is never written over a file",
+                path.display()
+            )
+        } else {
+            format!("cannot create `{}`", path.display())
+        }
+    })
+}
+
+fn fill_secret(file: &mut std::fs::File, path: &Path, token: &str) -> Result<()> {
+    use std::io::Write as _;
     file.write_all(format!("{token}\n").as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write `{}`", path.display()))
@@ -256,17 +285,32 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
                 .token_out
                 .clone()
                 .unwrap_or_else(|| args.at.data_dir.join(format!("{}.token", args.name)));
-            if path.exists() {
-                anyhow::bail!("`{}` exists; name another --token-out", path.display());
+            if !crate::registry::is_identity_name(&args.name) {
+                anyhow::bail!(
+                    "identity name `{}` must be 1 to 64 of a-z 0-9 . _ -, starting with a letter or digit",
+                    args.name.escape_debug()
+                );
             }
-            let token = registry.add_identity(
-                &session,
-                &args.name,
-                &roles,
-                args.at.now()?,
-                args.at.log_signer()?.as_ref(),
-            )?;
-            write_secret(&path, &token)?;
+            // The file first: an identity whose token cannot be written is no use.
+            let mut file = create_secret(&path)?;
+            let added = args.at.log_signer().and_then(|log_signer| {
+                Ok(registry.add_identity(
+                    &session,
+                    &args.name,
+                    &roles,
+                    args.at.now()?,
+                    log_signer.as_ref(),
+                )?)
+            });
+            let token = match added {
+                Ok(token) => token,
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
+            fill_secret(&mut file, &path, &token)?;
             outln!("added        {} (token in {})", args.name, path.display());
         }
         IdentityCommand::List(args) => {
@@ -872,6 +916,7 @@ pub fn rotate_key(args: RotateKeyArgs) -> Result<ExitCode> {
         }
         .into());
     }
+    let mut created_files: Vec<PathBuf> = Vec::new();
     let (spki, scheme) = match (&args.signer, args.create) {
         (SignerSpec::AwsKms(options), true) => {
             let current = AwsKmsSigner::open(options)?;
@@ -902,8 +947,10 @@ pub fn rotate_key(args: RotateKeyArgs) -> Result<ExitCode> {
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".pem"))
                 .ok_or_else(|| anyhow::anyhow!("a created local key is named `<name>.pem`"))?;
-            let (created, files) = LocalSigner::generate_files(dir, name, args.bits, false)?;
+            let (created, files) = LocalSigner::generate_files(dir, name, args.bits, false)
+                .map_err(|e| anyhow::anyhow!("{e}; name a new file for the new key"))?;
             outln!("generated    {}", files.private_key.display());
+            created_files = vec![files.private_key.clone(), files.public_key.clone()];
             (created.public_key_der().to_vec(), *scheme)
         }
         (SignerSpec::Pkcs11(_), true) => {
@@ -919,18 +966,47 @@ pub fn rotate_key(args: RotateKeyArgs) -> Result<ExitCode> {
     let retire = args
         .retire_after
         .map(|days| now.saturating_add_seconds(i64::from(days) * 86_400));
-    let fp = registry.rotate_key(
-        &session,
-        &args.key,
-        &spki,
-        scheme,
-        retire,
-        now,
-        args.at.log_signer()?.as_ref(),
-    )?;
+    let rotated = args.at.log_signer().and_then(|log_signer| {
+        Ok(registry.rotate_key(
+            &session,
+            &args.key,
+            &spki,
+            scheme,
+            retire,
+            now,
+            log_signer.as_ref(),
+        )?)
+    });
+    let fp = match rotated {
+        Ok(fp) => fp,
+        Err(e) => {
+            // A key the keyring never took is no key: its files go, so a retry starts clean.
+            for file in &created_files {
+                let _ = std::fs::remove_file(file);
+            }
+            return Err(e);
+        }
+    };
     outln!("rotated      {} -> {fp}", args.key);
     if let Some(retire) = retire {
         outln!("retires      {} at {retire}", args.key);
+        // What only the old key signed stops verifying when it retires.
+        for template in registry.list(&session)? {
+            let Some(active) = template.active else {
+                continue;
+            };
+            let history = registry.history(&session, &template.template_id)?;
+            let signed_by_old = history
+                .iter()
+                .find(|v| v.version == active)
+                .is_some_and(|v| v.signatures.iter().any(|s| s.fingerprint == args.key));
+            if signed_by_old {
+                eprintln!(
+                    "warning: `{}` v{active} is signed with the old key; publish it again with the new key before {retire}, or verifiers refuse it from then on (expired_key)",
+                    template.template_id
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

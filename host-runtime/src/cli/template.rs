@@ -350,7 +350,19 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
                 "invalid_key" | "invalid_keyring" | "invalid_template_policy" | "invalid_request"
             ) =>
         {
-            anyhow::bail!("`{}`: {}", key_file.display(), refusal.message)
+            // Name the file the problem is in, where one file holds it.
+            match (refusal.code.as_str(), &args.template_policy) {
+                ("invalid_key" | "invalid_keyring", _) => {
+                    anyhow::bail!("`{}`: {}", key_file.display(), refusal.message)
+                }
+                ("invalid_template_policy", Some(policy)) => {
+                    anyhow::bail!("`{}`: {}", policy.display(), refusal.message)
+                }
+                _ => anyhow::bail!(
+                    "the keyring, template policy or high-water file: {}",
+                    refusal.message
+                ),
+            }
         }
         Err(refusal) => {
             if args.json {

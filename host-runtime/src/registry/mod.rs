@@ -294,6 +294,17 @@ impl Registry {
         &self.log
     }
 
+    /// Whether the log's database holds a registry with identities.
+    pub fn is_registry(log: &AuditLog) -> Result<bool, RegistryError> {
+        let conn = log.connection_ref();
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'registry_principals'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(tables > 0 && store::principal_count(conn)? > 0)
+    }
+
     /// Makes the first identity, an admin, and returns its token. Refused once any identity
     /// exists: after that only an admin makes identities.
     pub fn bootstrap(
@@ -503,6 +514,11 @@ impl Registry {
             log_signer,
             |tx, actor| {
                 let row = identity(tx, name)?;
+                if row.disabled_at.is_some() {
+                    return Err(RegistryError::Conflict(format!(
+                        "`{name}` is disabled; a token for it would not work"
+                    )));
+                }
                 store::set_token(tx, row.id, &roles::token_hash(&token))?;
                 Ok(vec![admin_entry(
                     now,
@@ -568,6 +584,12 @@ impl Registry {
             log_signer,
             |tx, actor| {
                 let owner = identity(tx, owner)?;
+                if owner.disabled_at.is_some() {
+                    return Err(RegistryError::Conflict(format!(
+                        "`{}` is disabled; keys are added for active identities",
+                        owner.name
+                    )));
+                }
                 insert_key(
                     tx,
                     &fp,

@@ -399,6 +399,38 @@ fn an_edited_entry_with_its_leaf_and_nodes_recomputed_is_still_detected() {
 }
 
 #[test]
+fn a_corrupted_interior_node_is_detected_though_the_root_is_unchanged() {
+    // Nodes that are not on the path to the current root still serve proofs.
+    for (level, idx) in [(1, 3), (0, 2), (2, 0)] {
+        let f = Fixture::with_entries(12);
+        f.raw()
+            .execute(
+                "UPDATE audit_nodes SET hash = zeroblob(32) WHERE level = ?1 AND idx = ?2",
+                params![level, idx],
+            )
+            .unwrap();
+        assert_tampered(&f, None, |p| matches!(p, Problem::NodesMismatch));
+    }
+    // A node that should not exist, or one missing, is as wrong.
+    let f = Fixture::with_entries(12);
+    f.raw()
+        .execute("DELETE FROM audit_nodes WHERE level = 1 AND idx = 5", [])
+        .unwrap();
+    assert_tampered(&f, None, |p| matches!(p, Problem::NodesMismatch));
+    let f = Fixture::with_entries(12);
+    f.raw()
+        .execute(
+            "INSERT INTO audit_nodes (level, idx, hash) VALUES (3, 1, zeroblob(32))",
+            [],
+        )
+        .unwrap();
+    assert_tampered(&f, None, |p| matches!(p, Problem::NodesMismatch));
+    // And an untouched log has none of it.
+    let f = Fixture::with_entries(12);
+    assert!(f.problems(None).is_empty());
+}
+
+#[test]
 fn two_swapped_rows_are_detected() {
     let f = Fixture::with_entries(8);
     let conn = f.raw();
