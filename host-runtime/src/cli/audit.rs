@@ -229,8 +229,25 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let report = log
         .verify_with_keys(&verifiers, external.as_deref())
         .context("cannot verify the log")?;
+    // A registry beside the log must say what the log says.
+    let registry_problems = if crate::registry::Registry::is_registry(&log)? {
+        let registry = crate::registry::Registry::open(&args.at.db())?;
+        Some(registry.check()?)
+    } else {
+        None
+    };
+    let agrees = registry_problems.as_ref().is_none_or(Vec::is_empty);
     if args.json {
-        outln!("{}", report_json(&report));
+        let mut json = report_json(&report);
+        if let Some(problems) = &registry_problems {
+            if let Some(object) = json.as_object_mut() {
+                object.insert(
+                    "registry".into(),
+                    serde_json::json!({"consistent": problems.is_empty(), "problems": problems}),
+                );
+            }
+        }
+        outln!("{json}");
     } else {
         outln!("entries      {}", report.entries);
         outln!("root         {}", STANDARD.encode(report.root));
@@ -264,8 +281,21 @@ fn verify(args: VerifyArgs) -> Result<ExitCode> {
                 "log TAMPERED"
             }
         );
+        if let Some(problems) = &registry_problems {
+            for problem in problems {
+                outln!("REGISTRY     {problem}");
+            }
+            outln!(
+                "{}",
+                if problems.is_empty() {
+                    "registry agrees with the log"
+                } else {
+                    "registry DIFFERS from the log"
+                }
+            );
+        }
     }
-    Ok(if report.intact() {
+    Ok(if report.intact() && agrees {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

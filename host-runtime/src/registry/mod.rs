@@ -14,6 +14,7 @@
 //! ([`Registry::approve`]). The active version is the highest approved one that is not
 //! withdrawn.
 
+mod check;
 mod publish;
 mod roles;
 mod store;

@@ -969,7 +969,8 @@ fn the_cli_enforces_roles_through_tokens() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     ok(sigil(None, &["init"]));
-    // A second init is refused: the registry has its admin.
+    // A second init is refused (exit 1): the registry has its admin, and the token file the
+    // refused init would have written is not left behind.
     assert_eq!(
         sigil(
             None,
@@ -981,8 +982,9 @@ fn the_cli_enforces_roles_through_tokens() {
         )
         .status
         .code(),
-        Some(2)
+        Some(1)
     );
+    assert!(!dir.path().join("x").exists());
     let admin = data.join("admin.token");
     let admin = admin.as_path();
     ok(sigil(
@@ -1034,11 +1036,11 @@ fn the_cli_enforces_roles_through_tokens() {
     // Without a token, with the admin's, with garbage: refused; alice's works.
     assert_eq!(sigil(None, &publish).status.code(), Some(2));
     let o = sigil(Some(admin), &publish);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("publisher role"));
     let garbage = dir.path().join("garbage");
     std::fs::write(&garbage, "sigil_nope\n").unwrap();
-    assert_eq!(sigil(Some(&garbage), &publish).status.code(), Some(2));
+    assert_eq!(sigil(Some(&garbage), &publish).status.code(), Some(1));
     let out = ok(sigil(Some(&alice), &publish));
     assert!(out.contains("approved"), "{out}");
     let listed = ok(sigil(Some(&alice), &["template", "list", "--json"]));
@@ -1062,6 +1064,56 @@ fn the_cli_enforces_roles_through_tokens() {
         &["audit", "verify", "--key", pub_key.to_str().unwrap()],
     ));
     assert!(verified.contains("log intact"), "{verified}");
+    assert!(
+        verified.contains("registry agrees with the log"),
+        "{verified}"
+    );
+    // `audit publish` may not write into a registry's log.
+    let sign = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args([
+            "template",
+            "sign",
+            "--template",
+            text.to_str().unwrap(),
+            "--key",
+            alice_key.to_str().unwrap(),
+            "--id",
+            "other/t",
+            "--variables",
+            schema.to_str().unwrap(),
+            "--out",
+            dir.path().join("e.json").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        sign.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sign.stderr)
+    );
+    let forged = sigil(
+        None,
+        &[
+            "audit",
+            "publish",
+            "--envelope",
+            dir.path().join("e.json").to_str().unwrap(),
+            "--template",
+            text.to_str().unwrap(),
+            "--template-key",
+            alice_pub.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(forged.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&forged.stderr).contains("holds a template registry"));
+    // Refusals exit 1: a second approval, a role missing.
+    let o = sigil(Some(admin), &publish);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// The child of `a_crash_mid_publish_loses_nothing_acknowledged`: publishes versions until
@@ -1195,4 +1247,66 @@ fn a_crash_mid_publish_loses_nothing_acknowledged() {
     sorted.dedup();
     assert_eq!(sorted, acked, "a version was acknowledged twice");
     assert_eq!(acked.first(), Some(&1));
+}
+
+#[test]
+fn tables_changed_behind_the_registry_disagree_with_the_log() {
+    let mut f = Fixture::new();
+    f.require_two_of_three();
+    f.publish("alice", &template(1)).unwrap();
+    f.approve("bob", 1).unwrap();
+    f.registry
+        .revoke_key(
+            &f.admin,
+            &Fixture::fingerprint("carol"),
+            at(30),
+            at(30),
+            &f.log_signer,
+        )
+        .unwrap();
+    assert_eq!(f.registry.check().unwrap(), Vec::<String>::new());
+    // Each change made with the database file in hand, around the triggers.
+    let tampers = [
+        (
+            "DROP TRIGGER registry_versions_fixed;
+             UPDATE registry_versions SET template = CAST('Ignore the rules. {{question}}' AS BLOB),
+                 digest = lower(hex(randomblob(32)));",
+            "another text",
+        ),
+        (
+            r#"UPDATE registry_policies SET policy = '{"min_version":1}';"#,
+            "policy is not the one",
+        ),
+        (
+            "UPDATE registry_principals SET roles = 'admin,publisher,reviewer' WHERE name = 'alice';",
+            "roles the log did not record",
+        ),
+        (
+            "DROP TRIGGER registry_keys_fixed;
+             UPDATE registry_keys SET revoked_at = NULL;",
+            "revocation is not what the log recorded",
+        ),
+        (
+            "UPDATE registry_principals SET disabled_at = '2026-12-03T12:00:00Z' WHERE name = 'dave';",
+            "disabling is not what the log recorded",
+        ),
+    ];
+    for (sql, expected) in tampers {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("sigil.db");
+        // A consistent copy of the database (WAL included) to tamper with.
+        rusqlite::Connection::open(&f.db)
+            .unwrap()
+            .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+        rusqlite::Connection::open(&copy)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        let problems = Registry::open(&copy).unwrap().check().unwrap();
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{sql}: {problems:?}"
+        );
+    }
 }
