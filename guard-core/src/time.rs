@@ -50,7 +50,8 @@ impl Timestamp {
             return Err(fail("too short"));
         }
         let digits = |from: usize, len: usize| -> Result<u32, TimestampError> {
-            let part = b.get(from..from + len).ok_or(fail("truncated"))?;
+            // `ok_or_else`: the error (and its copy of the input) is made only on failure.
+            let part = b.get(from..from + len).ok_or_else(|| fail("truncated"))?;
             part.iter().try_fold(0u32, |acc, &d| {
                 if d.is_ascii_digit() {
                     Ok(acc * 10 + u32::from(d - b'0'))

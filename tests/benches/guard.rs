@@ -438,6 +438,15 @@ fn behaviour_table() {
             })),
         ),
         (
+            "a refused request (the floor of a call)",
+            median(samples, || {
+                black_box(native.observe_json(black_box("{")).unwrap_err());
+            }),
+            Some(median(samples, || {
+                black_box(engine.observe_json(black_box("{")).unwrap_err());
+            })),
+        ),
+        (
             "update from JSON to JSON, 1 KiB text sketched",
             median(samples, || {
                 black_box(native.observe_json(black_box(&with_text)).unwrap());

@@ -75,16 +75,16 @@ pub struct Profile {
     /// Gaps seen (capped).
     #[serde(default)]
     pub gaps: u32,
-    /// The last flagged prompts' sketches.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The last flagged prompts: in JSON one base64url string of 41 bytes each (sketch, time,
+    /// level), which a profile read on every request parses far faster than as objects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "flagged_codec")]
     pub flagged: Vec<FlaggedPrompt>,
 }
 
 /// A flagged prompt as a profile remembers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlaggedPrompt {
-    /// Its sketch ([`Sketch::encode`] in JSON).
+    /// Its sketch.
     pub sketch: Sketch,
     /// When, Unix seconds.
     pub at: i64,
@@ -112,6 +112,66 @@ impl Default for Profile {
             gaps: 0,
             flagged: Vec::new(),
         }
+    }
+}
+
+/// The flagged prompts of a profile as one string: for each, the 32 sketch bytes, the time as
+/// 8 bytes big-endian, and the level as one byte (0 `very_low` to 4 `critical`).
+mod flagged_codec {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    use super::{FlaggedPrompt, Level, Sketch, MAX_FLAGGED, SKETCH_BINS};
+
+    const ENTRY: usize = SKETCH_BINS + 8 + 1;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        flagged: &[FlaggedPrompt],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(flagged.len() * ENTRY);
+        for f in flagged {
+            bytes.extend_from_slice(f.sketch.bytes());
+            bytes.extend_from_slice(&f.at.to_be_bytes());
+            let level = Level::ALL.iter().position(|l| *l == f.level).unwrap_or(0);
+            bytes.push(level as u8);
+        }
+        serializer.serialize_str(&URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<FlaggedPrompt>, D::Error> {
+        use serde::de::Error as _;
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+        if text.len() > (MAX_FLAGGED * ENTRY).div_ceil(3) * 4 {
+            return Err(D::Error::custom("`flagged` holds more than 8 prompts"));
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.as_bytes())
+            .map_err(|_| D::Error::custom("`flagged` is not unpadded base64url"))?;
+        if bytes.len() % ENTRY != 0 {
+            return Err(D::Error::custom("`flagged` is not whole entries"));
+        }
+        bytes
+            .chunks_exact(ENTRY)
+            .map(|entry| {
+                let (sketch, rest) = entry.split_at(SKETCH_BINS);
+                let (at, level) = rest.split_at(8);
+                let sketch = Sketch::from_bytes(sketch)
+                    .ok_or_else(|| D::Error::custom("`flagged` has a bad sketch"))?;
+                let at = i64::from_be_bytes(
+                    at.try_into()
+                        .map_err(|_| D::Error::custom("`flagged` has a bad time"))?,
+                );
+                let level = level
+                    .first()
+                    .and_then(|l| Level::ALL.get(usize::from(*l)))
+                    .copied()
+                    .ok_or_else(|| D::Error::custom("`flagged` has a bad level"))?;
+                Ok(FlaggedPrompt { sketch, at, level })
+            })
+            .collect()
     }
 }
 
@@ -223,6 +283,12 @@ fn sane(x: f64) -> f64 {
     }
 }
 
+/// A number for a message: rounded to a whole one, which prints cheaply and the same everywhere.
+fn whole(x: f64) -> u64 {
+    let x = sane(x);
+    libm::round(x) as u64
+}
+
 /// Rounds what is stored, so profiles print the same everywhere and stay short.
 fn stored(x: f64) -> f64 {
     round4(sane(x))
@@ -332,7 +398,7 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
         signal(
             "behaviour.burst",
             0.25 + 0.15 * over,
-            format!("about {per_minute:.0} requests a minute"),
+            format!("about {} requests a minute", whole(per_minute)),
         );
     }
     let per_hour = next.rate_hour * core::f64::consts::LN_2;
@@ -341,7 +407,7 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
         signal(
             "behaviour.volume",
             0.2 + 0.15 * over,
-            format!("about {per_hour:.0} requests an hour"),
+            format!("about {} requests an hour", whole(per_hour)),
         );
     }
     if next.gaps >= policy.min_gaps && next.gap_mean >= 1.0 && next.gap_mean <= 600.0 {
@@ -351,9 +417,9 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
                 "behaviour.regular-timing",
                 0.25,
                 format!(
-                    "requests every {:.1} s with a spread of {:.0}%: scripted",
-                    next.gap_mean,
-                    cv * 100.0
+                    "requests every {} s with a spread of {}%: scripted",
+                    whole(next.gap_mean),
+                    whole(cv * 100.0)
                 ),
             );
         }
@@ -375,7 +441,7 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
             signal(
                 "behaviour.flagged-share",
                 0.2 + 0.2 * ((share - 0.5) / 0.5).min(1.0),
-                format!("{:.0}% of recent requests were flagged", share * 100.0),
+                format!("{}% of recent requests were flagged", whole(share * 100.0)),
             );
         }
     }
@@ -388,9 +454,9 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
                 _ => 0.5,
             },
             format!(
-                "a variation of {similar} earlier flagged prompt{} (similarity {:.2})",
+                "a variation of {similar} earlier flagged prompt{} ({}% alike)",
                 if similar == 1 { "" } else { "s" },
-                closest
+                whole(closest * 100.0)
             ),
         );
     }
@@ -400,8 +466,9 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
             "behaviour.persistence",
             0.3 + 0.15 * more,
             format!(
-                "flagged attempts keep coming ({:.1} within the last {} hours, decayed)",
-                next.flagged_memory, policy.memory_hours
+                "flagged attempts keep coming ({} in memory, half-life {} h)",
+                whole(next.flagged_memory),
+                whole(policy.memory_hours)
             ),
         );
     }

@@ -117,7 +117,17 @@ impl Sketch {
         Some(((raw - 1.0 / 255.0) / (1.0 - 1.0 / 255.0)).clamp(0.0, 1.0))
     }
 
-    /// Unpadded base64url, as profiles hold it (43 characters).
+    /// The bytes, one per bin.
+    pub fn bytes(&self) -> &[u8; BINS] {
+        &self.0
+    }
+
+    /// From [`Sketch::bytes`]; `None` unless exactly [`BINS`] bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Sketch> {
+        bytes.try_into().ok().map(Sketch)
+    }
+
+    /// Unpadded base64url (43 characters).
     pub fn encode(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)
     }
@@ -136,7 +146,13 @@ impl Sketch {
 
 impl serde::Serialize for Sketch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.encode())
+        // On the stack: profiles are written on every assessment.
+        let mut text = [0u8; 43];
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(self.0, &mut text)
+            .map_err(serde::ser::Error::custom)?;
+        let text = text.get(..written).unwrap_or_default();
+        serializer.serialize_str(std::str::from_utf8(text).map_err(serde::ser::Error::custom)?)
     }
 }
 
