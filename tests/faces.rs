@@ -272,7 +272,7 @@ fn behaviour_over_time_is_byte_identical_across_faces() {
         profile = answer["profile"].clone();
         assess_requests.push(request);
     }
-    assert!(profile["flagged"].as_array().is_some_and(|f| !f.is_empty()));
+    assert!(profile["flagged"].as_str().is_some_and(|f| !f.is_empty()));
     // Observations, chained the same way, and a few the guard refuses.
     let mut observed = serde_json::Value::Null;
     let mut observe_requests = Vec::new();
