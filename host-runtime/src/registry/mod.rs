@@ -1357,23 +1357,9 @@ fn promote_pending(
     pending.approved_at = Some(now.to_string());
     pending.published_seq = Some(seq);
     store::update_version(tx, &pending)?;
-    let mut digests = BTreeMap::from([
-        (
-            "envelope".to_string(),
-            guard_core::transparency::envelope_digest(&envelope).map_err(AuditError::from)?,
-        ),
-        ("template".to_string(), pending.digest.clone()),
-    ]);
-    if let Some(report) = &pending.report_digest {
-        digests.insert("validation".to_string(), report.clone());
-    }
-    Ok(Some(NewEntry {
-        time: now.to_string(),
-        kind: EntryKind::TemplatePublished,
-        actor,
-        subject: Some(format!("{template_id}@{}", pending.version)),
-        digests,
-    }))
+    let envelope_hex =
+        guard_core::transparency::envelope_digest(&envelope).map_err(AuditError::from)?;
+    Ok(Some(published_entry(now, actor, &pending, envelope_hex)))
 }
 
 fn template_policy(
@@ -1537,4 +1523,28 @@ pub(super) fn check_clock(
         )));
     }
     Ok(())
+}
+
+/// The `template.published` entry of a version approved with the envelope of digest
+/// `envelope_hex`.
+fn published_entry(
+    now: Timestamp,
+    actor: String,
+    version: &VersionRow,
+    envelope_hex: String,
+) -> NewEntry {
+    let mut digests = BTreeMap::from([
+        ("envelope".to_string(), envelope_hex),
+        ("template".to_string(), version.digest.clone()),
+    ]);
+    if let Some(report) = &version.report_digest {
+        digests.insert("validation".to_string(), report.clone());
+    }
+    NewEntry {
+        time: now.to_string(),
+        kind: EntryKind::TemplatePublished,
+        actor,
+        subject: Some(format!("{}@{}", version.template_id, version.version)),
+        digests,
+    }
 }

@@ -305,20 +305,7 @@ impl Registry {
                 current.state = VersionState::Approved;
                 current.approved_at = Some(now.to_string());
                 current.published_seq = Some(seq.saturating_add(1));
-                let mut digests = BTreeMap::from([
-                    ("envelope".to_string(), envelope_digest),
-                    ("template".to_string(), row.digest.clone()),
-                ]);
-                if let Some(report) = &row.report_digest {
-                    digests.insert("validation".to_string(), report.clone());
-                }
-                entries.push(NewEntry {
-                    time: now.to_string(),
-                    kind: EntryKind::TemplatePublished,
-                    actor,
-                    subject: Some(subject),
-                    digests,
-                });
+                entries.push(super::published_entry(now, actor, &row, envelope_digest));
                 None
             }
             Verdict::NeedsApprovals(message) => Some(message),
