@@ -604,7 +604,22 @@ pub struct KeyringArgs {
     details: bool,
 }
 
+/// An `--out` that could not be written after the change committed would lose the envelope's
+/// copy only, but say so before anything is done.
+fn check_out(out: Option<&Path>) -> Result<()> {
+    if let Some(parent) = out
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        if !parent.is_dir() {
+            anyhow::bail!("--out: `{}` is not a folder", parent.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn publish(args: PublishArgs) -> Result<ExitCode> {
+    check_out(args.out.as_deref())?;
     let (mut registry, session) = args.at.session()?;
     let template = read_bytes(&args.template, "template")?;
     let schema = match &args.variables {
@@ -669,7 +684,19 @@ pub fn publish(args: PublishArgs) -> Result<ExitCode> {
 }
 
 pub fn approve(args: ApproveArgs) -> Result<ExitCode> {
+    check_out(args.out.as_deref())?;
     let (mut registry, session) = args.at.session()?;
+    // The version first: starting the guard takes a moment, and a typo should not wait for it.
+    let version = registry.show(&session, &args.id, Some(args.version))?;
+    if version.info.state != VersionState::Pending {
+        return Err(RegistryError::Conflict(format!(
+            "`{}` v{} is {}, not waiting for approvals",
+            args.id,
+            args.version,
+            version.info.state.as_str()
+        ))
+        .into());
+    }
     let signer = args.key.open()?;
     let engine = GuardEngine::new("{}", EngineLimits::default())?;
     let log_signer = args.at.log_signer()?;
