@@ -118,8 +118,16 @@ fn assess_with(
         };
         budget -= scan_len;
         let scanned = text.get(..scan_len).unwrap_or_default();
+        // Behaviour follows what the user wrote: documents, tool output and the assistant's
+        // own turns are neither sketched nor counted against them.
+        let mut no_sketch = Sketcher::default();
+        let sketch_into = if is_embedded(segment) {
+            &mut no_sketch
+        } else {
+            &mut sketcher
+        };
         let (mut pending, decode_limited, model_hit) =
-            scan_segment(guard, index, scanned, counts, &mut sketcher);
+            scan_segment(guard, index, scanned, counts, sketch_into);
         // The model's finding is reported with the probability that was scored, so it joins the
         // list after embedded content's rule weights were raised.
         let mut model_finding = None;
@@ -245,12 +253,26 @@ fn assess_with(
     // Behaviour is judged on what the content alone reached, so it never feeds on its own
     // verdicts; its signals then join the evidence.
     let content = decide(&[]);
+    // A request counts against the user when what they wrote carries the risk: with embedded
+    // content around it, only if a finding lies in a segment of their own.
+    let users_own = findings.iter().any(|f| {
+        input
+            .segments
+            .get(f.span.segment)
+            .is_some_and(|segment| !is_embedded(segment))
+    });
+    let has_embedded = input.segments.iter().any(is_embedded);
+    let content_level = if has_embedded && !users_own {
+        content.level.min(crate::contract::Level::Low)
+    } else {
+        content.level
+    };
     let observation = behaviour::observe(
         &profile_in,
         &behaviour::Event {
             now,
             sketch: sketcher.finish(),
-            content_level: content.level,
+            content_level,
         },
         &guard.policy.behaviour,
     );

@@ -15,7 +15,7 @@ mod sketch;
 
 use serde::{Deserialize, Serialize};
 
-pub use sketch::{Sketch, Sketcher, BINS as SKETCH_BINS};
+pub use sketch::{Sketch, Sketcher, BINS as SKETCH_BINS, SKETCH_BYTES};
 
 use crate::contract::{Action, Level, Signal};
 use crate::risk::round4;
@@ -31,6 +31,8 @@ pub const MAX_FLAGGED: usize = 8;
 const MINUTE: f64 = 60.0;
 /// Half-life of the hourly counts, in seconds.
 const HOUR: f64 = 3_600.0;
+/// A request this many seconds or more before the last one seen means the last time was wrong.
+const MAX_SKEW: i64 = 3_600;
 
 /// What the guard remembers about one user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,7 +77,7 @@ pub struct Profile {
     /// Gaps seen (capped).
     #[serde(default)]
     pub gaps: u32,
-    /// The last flagged prompts: in JSON one base64url string of 41 bytes each (sketch, time,
+    /// The last flagged prompts: in JSON one base64url string of 43 bytes each (sketch, time,
     /// level), which a profile read on every request parses far faster than as objects.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "flagged_codec")]
     pub flagged: Vec<FlaggedPrompt>,
@@ -115,15 +117,16 @@ impl Default for Profile {
     }
 }
 
-/// The flagged prompts of a profile as one string: for each, the 32 sketch bytes, the time as
-/// 8 bytes big-endian, and the level as one byte (0 `very_low` to 4 `critical`).
+/// The flagged prompts of a profile as one string: for each, the sketch (32 bins and a 2-byte
+/// count of 4-grams), the time as 8 bytes big-endian, and the level as one byte (0 `very_low`
+/// to 4 `critical`).
 mod flagged_codec {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
 
-    use super::{FlaggedPrompt, Level, Sketch, MAX_FLAGGED, SKETCH_BINS};
+    use super::{FlaggedPrompt, Level, Sketch, MAX_FLAGGED, SKETCH_BYTES};
 
-    const ENTRY: usize = SKETCH_BINS + 8 + 1;
+    const ENTRY: usize = SKETCH_BYTES + 8 + 1;
 
     pub(super) fn serialize<S: serde::Serializer>(
         flagged: &[FlaggedPrompt],
@@ -131,7 +134,7 @@ mod flagged_codec {
     ) -> Result<S::Ok, S::Error> {
         let mut bytes = Vec::with_capacity(flagged.len() * ENTRY);
         for f in flagged {
-            bytes.extend_from_slice(f.sketch.bytes());
+            bytes.extend_from_slice(&f.sketch.to_bytes());
             bytes.extend_from_slice(&f.at.to_be_bytes());
             let level = Level::ALL.iter().position(|l| *l == f.level).unwrap_or(0);
             bytes.push(level as u8);
@@ -156,7 +159,7 @@ mod flagged_codec {
         bytes
             .chunks_exact(ENTRY)
             .map(|entry| {
-                let (sketch, rest) = entry.split_at(SKETCH_BINS);
+                let (sketch, rest) = entry.split_at(SKETCH_BYTES);
                 let (at, level) = rest.split_at(8);
                 let sketch = Sketch::from_bytes(sketch)
                     .ok_or_else(|| D::Error::custom("`flagged` has a bad sketch"))?;
@@ -301,14 +304,22 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
         .last_seen
         .as_deref()
         .and_then(|s| Timestamp::parse(s).ok());
-    // A request older than the last one seen (a replay, a skewed clock) moves no clock back and
-    // counts as arriving with no gap.
+    // A request a little older than the last one seen (out of order, a skewed clock) moves no
+    // clock back, decays nothing and gives no gap. One far older means the last time seen was
+    // wrong (a clock far ahead once): the profile's clock starts again from this request, or a
+    // single future timestamp would freeze its rates for good.
+    let behind = match (event.now, last) {
+        (Some(now), Some(last)) => last.unix_seconds().saturating_sub(now.unix_seconds()),
+        _ => 0,
+    };
+    let clock_reset = behind > MAX_SKEW;
     let (now, elapsed) = match (event.now, last) {
         (Some(now), Some(last)) if now >= last => (
             Some(now),
-            Some((now.unix_seconds() - last.unix_seconds()) as f64),
+            Some(now.unix_seconds().saturating_sub(last.unix_seconds()) as f64),
         ),
-        (Some(_), Some(last)) => (Some(last), Some(0.0)),
+        (Some(now), Some(_)) if clock_reset => (Some(now), None),
+        (Some(_), Some(last)) => (Some(last), None),
         (Some(now), None) => (Some(now), None),
         (None, last) => (last, None),
     };
@@ -351,13 +362,24 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
             next.first_seen = Some(now.to_string());
         }
     }
+    if clock_reset {
+        // Times recorded from the wrong clock are no guide to what is recent.
+        let now = now.map_or(i64::MIN, Timestamp::unix_seconds);
+        next.flagged.retain(|f| f.at <= now);
+    }
 
     // Variations of earlier flagged prompts, judged against the profile as it was.
     let mut similar = 0usize;
     let mut closest: f64 = 0.0;
-    if let Some(sketch) = &event.sketch {
-        for earlier in &profile.flagged {
-            if let Some(s) = sketch.similarity(&earlier.sketch) {
+    let window = (4.0 * memory_half_life) as i64;
+    if let (Some(sketch), Some(now)) = (&event.sketch, now) {
+        // Only recent flagged prompts: a user is not a prober forever for one old attempt.
+        let recent = next
+            .flagged
+            .iter()
+            .filter(|f| now.unix_seconds().saturating_sub(f.at) <= window);
+        for earlier in recent {
+            if let Some(s) = sketch.resemblance(&earlier.sketch) {
                 if s >= policy.probe_similarity {
                     similar += 1;
                     closest = closest.max(s);
@@ -479,7 +501,7 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
             .flagged
             .iter()
             .rev()
-            .take_while(|f| (now.unix_seconds() - f.at) as f64 <= memory_half_life)
+            .take_while(|f| now.unix_seconds().saturating_sub(f.at) as f64 <= memory_half_life)
             .take(3)
             .map(|f| f.level)
             .collect();
@@ -636,7 +658,8 @@ mod tests {
     #[test]
     fn counts_and_keeps_the_latest_time() {
         let now = Timestamp::parse("2026-12-03T10:00:00Z").ok();
-        let earlier = Timestamp::parse("2026-12-01T10:00:00Z").ok();
+        let a_little_earlier = Timestamp::parse("2026-12-03T09:59:00Z").ok();
+        let days_earlier = Timestamp::parse("2026-12-01T10:00:00Z").ok();
         let step = |p: &Profile, level, action, now| {
             let mut next = observe(
                 p,
@@ -653,9 +676,16 @@ mod tests {
         };
         let p = step(&Profile::default(), Level::High, Action::Quarantine, now);
         assert_eq!((p.assessments, p.stopped, p.elevated), (1, 1, 1));
-        let q = step(&p, Level::VeryLow, Action::Allow, earlier);
+        // Out of order by a minute: counted, the clock kept, no gap recorded.
+        let q = step(&p, Level::VeryLow, Action::Allow, a_little_earlier);
         assert_eq!((q.assessments, q.stopped, q.elevated), (2, 1, 1));
         assert_eq!(q.last_seen.as_deref(), Some("2026-12-03T10:00:00Z"));
+        assert_eq!(q.gaps, 0);
+        // Days behind: the last time seen was wrong, and the clock starts again from here, so
+        // one timestamp far ahead cannot freeze a profile.
+        let r = step(&q, Level::VeryLow, Action::Allow, days_earlier);
+        assert_eq!(r.last_seen.as_deref(), Some("2026-12-01T10:00:00Z"));
+        assert!(r.flagged.is_empty());
     }
 
     #[test]
@@ -682,7 +712,7 @@ mod tests {
             gaps: u32::MAX,
             flagged: vec![
                 FlaggedPrompt {
-                    sketch: Sketch::decode(&"A".repeat(43)).unwrap(),
+                    sketch: Sketch::from_bytes(&[7; SKETCH_BYTES]).unwrap(),
                     at: i64::MIN,
                     level: Level::Critical,
                 };
@@ -695,7 +725,7 @@ mod tests {
             &Event {
                 now: Timestamp::parse("2026-12-03T10:00:00Z").ok(),
                 sketch: None,
-                content_level: Level::Low,
+                content_level: Level::High,
             },
             &BehaviourPolicy::default(),
         );

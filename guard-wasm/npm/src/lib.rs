@@ -33,6 +33,12 @@ export interface AssessmentInput {
 }
 export type Level = "very_low" | "low" | "medium" | "high" | "critical";
 export type Action = "allow" | "warn" | "quarantine" | "block";
+/** A behaviour signal: what it is, how much it adds, why. */
+export interface Signal {
+  id: string;
+  weight: number;
+  detail: string;
+}
 export interface Span {
   segment: number;
   byte_start: number;
@@ -62,7 +68,7 @@ export interface Assessment {
   level: Level;
   action: Action;
   findings: Finding[];
-  signals: { id: string; weight: number; detail: string }[];
+  signals: Signal[];
   explanation: Explanation;
   errors: { code: string; message: string; segment?: number }[];
 }
@@ -71,8 +77,32 @@ export interface Profile {
   assessments: number;
   stopped: number;
   elevated: number;
+  first_seen?: string;
   last_seen: string | null;
   last_level: Level | null;
+  rate_minute?: number;
+  rate_hour?: number;
+  flagged_hour?: number;
+  flagged_memory?: number;
+  streak?: number;
+  gap_mean?: number;
+  gap_var?: number;
+  gaps?: number;
+  /** Recently flagged prompts' sketches, times and levels, packed (base64url). */
+  flagged?: string;
+}
+/** The request of `Guard.observeJson`, as JSON text. */
+export interface ObserveRequest {
+  profile?: Profile;
+  now: string;
+  text?: string;
+  content_level: Level;
+  decision?: { level: Level; action: Action };
+}
+/** The answer of `Guard.observeJson`, as JSON text. */
+export interface ObserveResponse {
+  profile: Profile;
+  signals: Signal[];
 }
 export interface AssessmentOutput {
   assessment: Assessment;

@@ -60,7 +60,8 @@ pub(super) fn open(path: &Path, create: bool) -> Result<Connection, AuditError> 
             "cannot use write-ahead logging (journal mode `{mode}`)"
         )));
     }
-    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    // secure_delete: what is deleted here (an erased user's behaviour rows) is overwritten.
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;")?;
     Ok(conn)
 }
 

@@ -213,17 +213,26 @@ fn worker_threads(items: usize) -> usize {
 /// Whether an error is the registry refusing what was asked, rather than failing.
 fn is_refusal(e: &anyhow::Error) -> bool {
     use crate::registry::RegistryError;
-    e.chain().any(|cause| {
+    let refused = |r: &RegistryError| {
         matches!(
-            cause.downcast_ref::<RegistryError>(),
-            Some(
-                RegistryError::Forbidden { .. }
-                    | RegistryError::Unauthenticated(_)
-                    | RegistryError::Conflict(_)
-                    | RegistryError::Refused { .. }
-                    | RegistryError::Validation(_)
-            )
+            r,
+            RegistryError::Forbidden { .. }
+                | RegistryError::Unauthenticated(_)
+                | RegistryError::Conflict(_)
+                | RegistryError::Refused { .. }
+                | RegistryError::Validation(_)
         )
+    };
+    e.chain().any(|cause| {
+        // A transparent wrapper hides the registry's error from the chain; look inside it.
+        let wrapped = match cause.downcast_ref::<crate::store::UsersError>() {
+            Some(crate::store::UsersError::Registry(r)) => Some(r),
+            _ => None,
+        };
+        cause
+            .downcast_ref::<RegistryError>()
+            .or(wrapped)
+            .is_some_and(refused)
     })
 }
 

@@ -57,10 +57,17 @@ pub fn assess_with_store(
     input: &AssessmentInput,
     now: Timestamp,
 ) -> Result<String, AssessError> {
-    let plain = serde_json::to_string(input).map_err(|e| AssessError::Answer(e.to_string()))?;
-    let (Some(user), None) = (&input.context.user, &input.context.profile) else {
+    let Some(user) = &input.context.user else {
+        let plain = serde_json::to_string(input).map_err(|e| AssessError::Answer(e.to_string()))?;
         return Ok(engine.assess_json(&plain)?);
     };
+    // The store keeps this user's history, so the store decides what it is and when this is: a
+    // profile or a time sent with the request would let a client reset or age its own record.
+    let mut owned = input.clone();
+    owned.context.profile = None;
+    owned.context.now = now.to_string();
+    let input = &owned;
+    let plain = serde_json::to_string(input).map_err(|e| AssessError::Answer(e.to_string()))?;
     let key = ProfileKey::new(input.context.tenant.as_deref(), user)?;
     let base = serde_json::to_value(input).map_err(|e| AssessError::Answer(e.to_string()))?;
     let mut answer = String::new();

@@ -98,19 +98,23 @@ pub fn erase_user(
     const ACTION: &str = "erase user data";
     check_ids(subject, tenant)?;
     match target {
-        EraseTarget::RegistryDatabase => registry.change_with(
-            session,
-            Role::Admin,
-            ACTION,
-            now,
-            log_signer,
-            |tx, actor| {
-                sqlite::init_in(tx)?;
-                let erased = sqlite::erase_in(tx, subject, tenant)?;
-                let entry = erase_entry(now, actor, &erased, tenant);
-                Ok::<_, UsersError>((erased, vec![entry]))
-            },
-        ),
+        EraseTarget::RegistryDatabase => {
+            let done = registry.change_with(
+                session,
+                Role::Admin,
+                ACTION,
+                now,
+                log_signer,
+                |tx, actor| {
+                    sqlite::init_in(tx)?;
+                    let erased = sqlite::erase_in(tx, subject, tenant)?;
+                    let entry = erase_entry(now, actor, &erased, tenant);
+                    Ok::<_, UsersError>((erased, vec![entry]))
+                },
+            )?;
+            sqlite::checkpoint(registry.audit_log().connection_ref())?;
+            Ok(done)
+        }
         EraseTarget::Store(store) => {
             registry.authorize(session, &[Role::Admin], ACTION)?;
             let erased = store.erase(subject, tenant)?;

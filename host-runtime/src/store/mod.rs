@@ -175,6 +175,14 @@ fn check_id(id: &str, what: &str, max: usize) -> Result<(), StoreError> {
             shorten(id)
         )));
     }
+    // Invisible and direction-changing characters would make two ids that look alike two
+    // users, and reorder what a terminal shows.
+    if id.chars().any(guard_core::text::normalize::is_invisible) {
+        return Err(StoreError::InvalidKey(format!(
+            "{what} id `{}` holds invisible or bidirectional control characters",
+            shorten(id)
+        )));
+    }
     Ok(())
 }
 

@@ -315,6 +315,11 @@ impl ProfileStore for PostgresStore {
                 )?;
             }
             tx.commit()?;
+            // Dead row versions stay in the table files until vacuumed; this makes their space
+            // reusable at once (it does not overwrite it: see docs/behaviour.md).
+            c.0.batch_execute(
+                "VACUUM behaviour_profiles, behaviour_detections, behaviour_subjects",
+            )?;
             Ok(Erased {
                 profiles,
                 detections,

@@ -75,6 +75,17 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // User ids and pseudonym keys live here: readable by the owner only (the journal files
+    // take the database's mode).
+    #[cfg(unix)]
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
     let conn = Connection::open_with_flags(path, flags)?;
     // Writers wait for each other instead of failing: every write is one short transaction.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -85,7 +96,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     // FULL: a commit is on disk before it returns, so an acknowledged update survives a crash.
-    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    // secure_delete: deleted rows are overwritten, so an erased user's data is not left in free
+    // pages of the file.
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;")?;
     Ok(conn)
 }
 
@@ -395,6 +408,7 @@ impl ProfileStore for SqliteStore {
                 c.0.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let erased = erase_in(&tx, subject, tenant)?;
             tx.commit()?;
+            checkpoint(&c.0)?;
             Ok(erased)
         })
     }
@@ -445,4 +459,11 @@ impl ProfileStore for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
+}
+
+/// Moves the write-ahead log into the database and empties it: after an erasure, the log's
+/// copies of the deleted pages go too.
+pub(crate) fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
 }

@@ -865,7 +865,8 @@ fn cli_users_export_erase_and_purge_as_an_admin_with_audit_entries() {
             &["users", "purge"],
         ] {
             let out = cli.run_as(Some(who), command);
-            assert_eq!(out.status.code(), Some(2), "{who} {command:?}");
+            // Refused, as every missing role is: exit 1.
+            assert_eq!(out.status.code(), Some(1), "{who} {command:?}");
             assert!(
                 text(&out.stderr).contains("admin role"),
                 "{}",
@@ -1119,4 +1120,39 @@ fn cli_erase_and_its_audit_entry_commit_together_or_not_at_all() {
         .unwrap();
     let erased = cli.admin(&["users", "erase", "atomic"]);
     assert!(erased.contains("1 profiles, 1 detections"), "{erased}");
+}
+
+#[test]
+fn an_erased_user_leaves_nothing_in_the_database_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("behaviour.db");
+    let spec = StoreSpec::Sqlite(db.clone());
+    let store = store::open(&spec).unwrap();
+    let id = "zanzibar-walrus-4471@example.com";
+    for i in 0..20 {
+        write(store.as_ref(), Some("acme"), id, at(i), true);
+    }
+    write(store.as_ref(), None, "someone-else", at(30), true);
+    store.erase(id, None).unwrap();
+    for file in ["behaviour.db", "behaviour.db-wal"] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        let found = bytes
+            .windows(id.len())
+            .filter(|w| *w == id.as_bytes())
+            .count();
+        assert_eq!(found, 0, "{file} still holds the erased id {found} times");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // The others' data is still there.
+    assert_eq!(
+        store.export("someone-else", None).unwrap().profiles.len(),
+        1
+    );
 }

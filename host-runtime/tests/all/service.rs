@@ -237,18 +237,22 @@ mod with_store {
             );
         }
 
-        // A caller that passes its own profile keeps it: nothing is read or stored.
+        // A caller cannot reset a stored history by sending a fresh profile, nor age it with a
+        // time of its own: the store's profile and the host's clock are used, and updated.
         let own = serde_json::json!({
             "segments": [{"text": ATTACK, "trust": "untrusted"}],
-            "context": {"user": "u-17", "tenant": "acme", "profile": profiles[0]},
+            "context": {"user": "u-17", "tenant": "acme", "profile": profiles[0],
+                        "now": "2036-01-01T00:00:00Z"},
         });
-        let (status, _) = call(router.clone(), post(own.to_string())).await;
+        let (status, v) = call(router.clone(), post(own.to_string())).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(store.load(&key("u-17")).unwrap().unwrap().revision, 4);
+        assert_eq!(store.load(&key("u-17")).unwrap().unwrap().revision, 5);
+        assert_eq!(v["profile"]["assessments"], 5, "{v}");
+        assert_ne!(v["profile"]["last_seen"], "2036-01-01T00:00:00Z");
         // No user, nothing stored.
         let (status, _) = call(router.clone(), post(format!(r#"{{"text": "{ATTACK}"}}"#))).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(store.export("u-17", None).unwrap().detections.len(), 3);
+        assert_eq!(store.export("u-17", None).unwrap().detections.len(), 4);
 
         // Ids the store refuses are the caller's mistake, not the server's.
         for user in ["a\u{1}b".to_string(), "x".repeat(10 << 20)] {
