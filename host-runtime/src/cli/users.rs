@@ -221,6 +221,12 @@ pub fn run(command: UsersCommand) -> Result<ExitCode> {
 }
 
 fn open(spec: &StoreSpec) -> Result<std::sync::Arc<dyn store::ProfileStore>> {
+    // A mistyped path must not become an empty store that answers "nothing held".
+    if let StoreSpec::Sqlite(path) = spec {
+        if !path.is_file() {
+            anyhow::bail!("no store at `{}`", path.display());
+        }
+    }
     store::open(spec).with_context(|| format!("cannot open the store `{spec}`"))
 }
 
