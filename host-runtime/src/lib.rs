@@ -16,6 +16,7 @@ pub mod plot;
 pub mod registry;
 pub mod service;
 pub mod signer;
+mod sqlite;
 pub mod store;
 pub mod template;
 pub mod train;

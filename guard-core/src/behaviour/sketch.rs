@@ -20,7 +20,7 @@ const EMPTY: u8 = 0;
 /// big-endian, capped).
 pub const SKETCH_BYTES: usize = BINS + 2;
 
-/// A prompt's sketch: one byte per bin, [`EMPTY`] where no 4-gram fell, and how many 4-grams
+/// A prompt's sketch: one byte per bin (0 where no 4-gram fell), and how many 4-grams
 /// the text had (to tell one text contained in another).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sketch {

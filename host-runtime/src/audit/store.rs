@@ -5,7 +5,7 @@ use std::path::Path;
 
 use guard_core::transparency::{leaf_hash, node_hash, Hash, NodeReader};
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{to_i64, Appended, AuditError, NewEntry};
 use guard_core::transparency::AuditEntry;
@@ -36,33 +36,10 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 
 /// Opens the database with the durability the log promises.
 pub(super) fn open(path: &Path, create: bool) -> Result<Connection, AuditError> {
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    if create {
-        flags |= OpenFlags::SQLITE_OPEN_CREATE;
-        // The database holds the keys of people's pseudonyms: readable by its owner only.
-        // SQLite gives its journal files the database's mode.
-        #[cfg(unix)]
-        if !path.exists() {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let _ = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path);
-        }
-    }
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // WAL: a commit is one append to the log file; FULL: it is fsynced before commit returns.
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(AuditError::NotAnAuditLog(format!(
-            "cannot use write-ahead logging (journal mode `{mode}`)"
-        )));
-    }
-    // secure_delete: what is deleted here (an erased user's behaviour rows) is overwritten.
-    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;")?;
-    Ok(conn)
+    crate::sqlite::open(path, create).map_err(|e| match e {
+        crate::sqlite::OpenError::Sqlite(e) => AuditError::Store(e),
+        other => AuditError::NotAnAuditLog(other.to_string()),
+    })
 }
 
 /// Creates the tables if needed and returns the log's origin.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use guard_core::time::Timestamp;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 
 use super::pool::{self, Pool};
 use super::{
@@ -72,34 +72,10 @@ impl std::fmt::Debug for SqliteStore {
 
 /// Opens a connection with the durability the store promises.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    // User ids and pseudonym keys live here: readable by the owner only (the journal files
-    // take the database's mode).
-    #[cfg(unix)]
-    if !path.exists() {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path);
-    }
-    let conn = Connection::open_with_flags(path, flags)?;
-    // Writers wait for each other instead of failing: every write is one short transaction.
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Schema(format!(
-            "cannot use write-ahead logging (journal mode `{mode}`)"
-        )));
-    }
-    // FULL: a commit is on disk before it returns, so an acknowledged update survives a crash.
-    // secure_delete: deleted rows are overwritten, so an erased user's data is not left in free
-    // pages of the file.
-    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;")?;
-    Ok(conn)
+    crate::sqlite::open(path, true).map_err(|e| match e {
+        crate::sqlite::OpenError::Sqlite(e) => StoreError::from(e),
+        other => StoreError::Schema(other.to_string()),
+    })
 }
 
 /// Creates the tables if needed, and checks the schema version of existing ones.
