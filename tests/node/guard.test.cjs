@@ -164,3 +164,21 @@ test("an offline bundle is checked with no network", () => {
   request.log.spki = pemBody(path.join(t, "other.pub.pem"));
   assert.throws(() => verifyBundleJson(JSON.stringify(request)), (e) => e.code === "invalid_bundle");
 });
+
+test("every method refuses a value that is not a string with a code", () => {
+  const guard = new Guard();
+  const codeOf = (fn) => {
+    try {
+      fn();
+    } catch (e) {
+      return e.code;
+    }
+    return "no error";
+  };
+  for (const bad of [12, undefined, null, {}, ["x"]]) {
+    assert.equal(codeOf(() => guard.observeJson(bad)), "invalid_input");
+    assert.equal(codeOf(() => guard.assessJson(bad)), "invalid_input");
+    assert.equal(codeOf(() => guard.guardJson(bad)), "invalid_input");
+    assert.equal(codeOf(() => verifyJson(bad)), "invalid_input");
+  }
+});

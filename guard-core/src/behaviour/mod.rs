@@ -409,7 +409,8 @@ pub fn observe(profile: &Profile, event: &Event, policy: &BehaviourPolicy) -> Ob
     // A decayed count at a steady rate r settles at about r * half-life / ln 2, but only after a
     // few half-lives; the mean gap tells a steady sender's rate after a few requests.
     let settled = next.rate_minute * core::f64::consts::LN_2;
-    let from_gaps = if next.gaps >= 4 {
+    // Eight gaps at least: a person sending a thought in a few quick lines is no burst.
+    let from_gaps = if next.gaps >= 8 {
         MINUTE / next.gap_mean.max(0.5)
     } else {
         0.0

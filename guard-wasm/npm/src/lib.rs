@@ -279,11 +279,17 @@ pub fn verify_bundle_json(request: JsString) -> Result<String, JsValue> {
 /// silently turn the surrogate into U+FFFD, and what is assessed or verified must be what was
 /// given.
 fn well_formed(text: JsString, what: &str) -> Result<String, JsValue> {
+    // The declared type is not checked at the boundary: JavaScript may pass anything.
+    let value: &JsValue = text.as_ref();
+    if !value.is_string() {
+        return Err(error("invalid_input", &format!("{what} must be a string")));
+    }
     if !text.is_valid_utf16() {
         return Err(error(
             "lone_surrogate",
             &format!("{what} has a lone surrogate and is not valid Unicode"),
         ));
     }
-    Ok(String::from(text))
+    text.as_string()
+        .ok_or_else(|| error("invalid_input", &format!("{what} must be a string")))
 }
