@@ -243,23 +243,39 @@ impl ProfileStore for PostgresStore {
         f: &mut UpdateFn<'_>,
     ) -> Result<Updated, StoreError> {
         self.pool.with(|c| {
-            for attempt in 1..=MAX_UPDATE_ATTEMPTS {
-                let current = load_in(&mut c.0, key)?;
-                let update =
-                    f(current.as_ref().map(|(p, _, _)| p.as_str())).map_err(StoreError::Update)?;
-                check_profile(&update.profile)?;
-                let read = current.map(|(_, rev, _)| rev);
-                if let Some(rev) = write_in(&mut c.0, key, now.unix_seconds(), read, &update)? {
-                    return Ok(Updated {
-                        revision: revision(rev)?,
-                        attempts: attempt,
-                    });
+            // Updaters of one profile take turns (an advisory lock per key, across every host
+            // sharing the database) instead of racing: each would otherwise re-run the guard on
+            // every lost race. The revision check stays, for writers that do not take the lock.
+            let lock = format!("{}\u{1f}{}", key.tenant_column(), key.subject());
+            c.0.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&lock])?;
+            let mut attempts = || {
+                for attempt in 1..=MAX_UPDATE_ATTEMPTS {
+                    let current = load_in(&mut c.0, key)?;
+                    let update = f(current.as_ref().map(|(p, _, _)| p.as_str()))
+                        .map_err(StoreError::Update)?;
+                    check_profile(&update.profile)?;
+                    let read = current.map(|(_, rev, _)| rev);
+                    if let Some(rev) = write_in(&mut c.0, key, now.unix_seconds(), read, &update)? {
+                        return Ok(Updated {
+                            revision: revision(rev)?,
+                            attempts: attempt,
+                        });
+                    }
+                    backoff(attempt);
                 }
-                backoff(attempt);
-            }
-            Err(StoreError::Contended {
-                attempts: MAX_UPDATE_ATTEMPTS,
-            })
+                Err(StoreError::Contended {
+                    attempts: MAX_UPDATE_ATTEMPTS,
+                })
+            };
+            let result = attempts();
+            // Released on every path; a connection that died released it with itself.
+            let unlocked = c.0.execute(
+                "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                &[&lock],
+            );
+            let updated = result?;
+            unlocked?;
+            Ok(updated)
         })
     }
 
