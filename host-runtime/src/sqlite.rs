@@ -38,10 +38,27 @@ pub(crate) fn open(path: &Path, create: bool) -> Result<Connection, OpenError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // WAL: a commit is one append to the log file; FULL: it is on disk before commit returns,
     // so an acknowledged write survives a crash.
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(OpenError::NoWal(mode));
+    // A new file being switched to WAL by another connection at the same moment answers
+    // "locked" or its old mode without calling the busy handler: ask again, briefly.
+    let mut mode = String::new();
+    for attempt in 0..50u64 {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(m) if m.eq_ignore_ascii_case("wal") => return finish(conn),
+            Ok(m) => mode = m,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    || e.code == rusqlite::ErrorCode::DatabaseLocked =>
+            {
+                mode = "locked".into();
+            }
+            Err(e) => return Err(e.into()),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2 + attempt));
     }
+    Err(OpenError::NoWal(mode))
+}
+
+fn finish(conn: Connection) -> Result<Connection, OpenError> {
     // secure_delete: deleted rows (an erased user's) are overwritten, not left in free pages.
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;")?;
     Ok(conn)

@@ -714,13 +714,9 @@ fn parse_stored(note: &str) -> Result<SignedCheckpoint, AuditError> {
 }
 
 /// Signs the checkpoint of the whole tree inside `tx` and stores it.
-/// The sequence number the next entry appended in `tx` gets.
-pub(crate) fn next_seq_in(tx: &rusqlite::Transaction<'_>) -> Result<u64, AuditError> {
-    store::next_seq(tx)
-}
-
-/// The number of entries, read through any connection to the log's database.
-pub(crate) fn next_seq_in_conn(conn: &Connection) -> Result<u64, AuditError> {
+/// The number of entries (the sequence number of the next), read through any connection or
+/// transaction on the log's database.
+pub(crate) fn next_seq_in(conn: &Connection) -> Result<u64, AuditError> {
     store::next_seq(conn)
 }
 

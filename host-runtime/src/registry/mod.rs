@@ -1421,10 +1421,6 @@ fn identity(conn: &rusqlite::Connection, name: &str) -> Result<PrincipalRow, Reg
         .ok_or_else(|| RegistryError::NotFound(format!("no identity `{}`", shorten(name))))
 }
 
-fn self_next_seq(tx: &rusqlite::Transaction<'_>) -> Result<u64, RegistryError> {
-    Ok(audit::next_seq_in(tx)?)
-}
-
 fn admin_entry(now: Timestamp, actor: String, subject: String) -> NewEntry {
     NewEntry {
         time: now.to_string(),
@@ -1507,7 +1503,7 @@ pub(super) fn check_clock(
     conn: &rusqlite::Connection,
     now: Timestamp,
 ) -> Result<(), RegistryError> {
-    let size = audit::next_seq_in_conn(conn)?;
+    let size = audit::next_seq_in(conn)?;
     let Some(last) = size.checked_sub(1) else {
         return Ok(());
     };

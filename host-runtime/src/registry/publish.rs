@@ -14,9 +14,9 @@ use rusqlite::TransactionBehavior;
 
 use super::store::{self, SignatureRow, VersionRow};
 use super::{
-    active_version, authorize, check_signing_key, check_template_id, key_infos, self_next_seq,
-    stored_version, template_policy, Publication, PublishRequest, Recorded, Registry,
-    RegistryError, Role, Session, VersionState,
+    active_version, authorize, check_signing_key, check_template_id, key_infos, stored_version,
+    template_policy, Publication, PublishRequest, Recorded, Registry, RegistryError, Role, Session,
+    VersionState,
 };
 use crate::audit::{self, AuditError, NewEntry};
 use crate::engine::GuardEngine;
@@ -125,7 +125,7 @@ impl Registry {
         }
         let envelope_json =
             serde_json::to_string(&envelope).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-        let next_seq = self_next_seq(&tx)?;
+        let next_seq = audit::next_seq_in(&tx)?;
         let mut row = VersionRow {
             template_id: template_id.to_string(),
             version,
@@ -283,7 +283,7 @@ impl Registry {
                 "`{template_id}` v{version} changed while this was signed; approve again"
             )));
         }
-        let seq = self_next_seq(&tx)?;
+        let seq = audit::next_seq_in(&tx)?;
         let envelope_digest =
             guard_core::transparency::envelope_digest(&envelope).map_err(AuditError::from)?;
         let subject = format!("{template_id}@{version}");

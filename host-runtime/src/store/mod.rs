@@ -580,6 +580,40 @@ fn pseudonym_with(key: Option<&[u8]>, subject: &str) -> Result<String, StoreErro
 
 /// Waits a little before attempt `attempt + 1` of a contended update, longer each time, with
 /// jitter so racing writers fall out of step.
+/// The compare-and-swap loop both backends run: read the profile and its revision, let `f`
+/// make the new one, write it if the revision is still the one read, else wait and try again.
+/// `write` returns the new revision, or `None` when another writer got there first.
+fn update_with(
+    f: &mut UpdateFn<'_>,
+    mut load: impl FnMut() -> Result<Option<(String, i64, i64)>, StoreError>,
+    mut write: impl FnMut(Option<i64>, &Update) -> Result<Option<i64>, StoreError>,
+) -> Result<Updated, StoreError> {
+    for attempt in 1..=MAX_UPDATE_ATTEMPTS {
+        let current = load()?;
+        let update = f(current.as_ref().map(|(p, _, _)| p.as_str())).map_err(StoreError::Update)?;
+        check_profile(&update.profile)?;
+        if let Some(rev) = write(current.map(|(_, rev, _)| rev), &update)? {
+            return Ok(Updated {
+                revision: revision(rev)?,
+                attempts: attempt,
+            });
+        }
+        backoff(attempt);
+    }
+    Err(StoreError::Contended {
+        attempts: MAX_UPDATE_ATTEMPTS,
+    })
+}
+
+/// A stored row `(profile, revision, seen_at)` as a [`StoredProfile`].
+fn stored_profile((profile, rev, seen): (String, i64, i64)) -> Result<StoredProfile, StoreError> {
+    Ok(StoredProfile {
+        profile,
+        revision: revision(rev)?,
+        seen_at: Timestamp::from_unix_seconds(seen),
+    })
+}
+
 fn backoff(attempt: u32) {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

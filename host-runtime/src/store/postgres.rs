@@ -14,10 +14,10 @@ use postgres::{Client, Config, NoTls};
 
 use super::pool::{self, Pool};
 use super::{
-    backoff, check_profile, detection_record, digests_json, findings_json, next_revision,
-    profile_value, pseudonym_with, revision, tenant_from_column, time_text, Erased, Export,
+    detection_record, digests_json, findings_json, next_revision, profile_value, pseudonym_with,
+    revision, stored_profile, tenant_from_column, time_text, update_with, Erased, Export,
     ExportedProfile, ProfileKey, ProfileStore, Purged, Retention, StoreError, StoredProfile,
-    Update, UpdateFn, Updated, MAX_UPDATE_ATTEMPTS,
+    Update, UpdateFn, Updated,
 };
 
 const SCHEMA_VERSION: &str = "1";
@@ -223,17 +223,8 @@ fn key_in(
 
 impl ProfileStore for PostgresStore {
     fn load(&self, key: &ProfileKey) -> Result<Option<StoredProfile>, StoreError> {
-        self.pool.with(|c| {
-            load_in(&mut c.0, key)?
-                .map(|(profile, rev, seen)| {
-                    Ok(StoredProfile {
-                        profile,
-                        revision: revision(rev)?,
-                        seen_at: Timestamp::from_unix_seconds(seen),
-                    })
-                })
-                .transpose()
-        })
+        self.pool
+            .with(|c| load_in(&mut c.0, key)?.map(stored_profile).transpose())
     }
 
     fn update(
@@ -248,26 +239,22 @@ impl ProfileStore for PostgresStore {
             // every lost race. The revision check stays, for writers that do not take the lock.
             let lock = format!("{}\u{1f}{}", key.tenant_column(), key.subject());
             c.0.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&lock])?;
-            let mut attempts = || {
-                for attempt in 1..=MAX_UPDATE_ATTEMPTS {
-                    let current = load_in(&mut c.0, key)?;
-                    let update = f(current.as_ref().map(|(p, _, _)| p.as_str()))
-                        .map_err(StoreError::Update)?;
-                    check_profile(&update.profile)?;
-                    let read = current.map(|(_, rev, _)| rev);
-                    if let Some(rev) = write_in(&mut c.0, key, now.unix_seconds(), read, &update)? {
-                        return Ok(Updated {
-                            revision: revision(rev)?,
-                            attempts: attempt,
-                        });
-                    }
-                    backoff(attempt);
-                }
-                Err(StoreError::Contended {
-                    attempts: MAX_UPDATE_ATTEMPTS,
-                })
+            let result = {
+                let conn = std::cell::RefCell::new(&mut c.0);
+                update_with(
+                    f,
+                    || load_in(&mut conn.borrow_mut(), key),
+                    |read, update| {
+                        write_in(
+                            &mut conn.borrow_mut(),
+                            key,
+                            now.unix_seconds(),
+                            read,
+                            update,
+                        )
+                    },
+                )
             };
-            let result = attempts();
             // Released on every path; a connection that died released it with itself.
             let unlocked = c.0.execute(
                 "SELECT pg_advisory_unlock(hashtextextended($1, 0))",

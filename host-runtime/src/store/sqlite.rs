@@ -9,10 +9,10 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 
 use super::pool::{self, Pool};
 use super::{
-    backoff, check_profile, detection_record, digests_json, findings_json, next_revision,
-    profile_value, pseudonym_with, revision, tenant_from_column, time_text, Erased, Export,
+    detection_record, digests_json, findings_json, next_revision, profile_value, pseudonym_with,
+    revision, stored_profile, tenant_from_column, time_text, update_with, Erased, Export,
     ExportedProfile, ProfileKey, ProfileStore, Purged, Retention, StoreError, StoredProfile,
-    Update, UpdateFn, Updated, MAX_UPDATE_ATTEMPTS,
+    Update, UpdateFn, Updated,
 };
 
 const SCHEMA_VERSION: &str = "1";
@@ -336,17 +336,8 @@ fn export_in(conn: &Connection, subject: &str, tenant: Option<&str>) -> Result<E
 
 impl ProfileStore for SqliteStore {
     fn load(&self, key: &ProfileKey) -> Result<Option<StoredProfile>, StoreError> {
-        self.pool.with(|c| {
-            load_in(&c.0, key)?
-                .map(|(profile, rev, seen)| {
-                    Ok(StoredProfile {
-                        profile,
-                        revision: revision(rev)?,
-                        seen_at: Timestamp::from_unix_seconds(seen),
-                    })
-                })
-                .transpose()
-        })
+        self.pool
+            .with(|c| load_in(&c.0, key)?.map(stored_profile).transpose())
     }
 
     fn update(
@@ -356,25 +347,22 @@ impl ProfileStore for SqliteStore {
         f: &mut UpdateFn<'_>,
     ) -> Result<Updated, StoreError> {
         self.pool.with(|c| {
-            for attempt in 1..=MAX_UPDATE_ATTEMPTS {
-                // Read outside a transaction: the caller's function (a guard call) never holds
-                // the database's write lock.
-                let current = load_in(&c.0, key)?;
-                let update =
-                    f(current.as_ref().map(|(p, _, _)| p.as_str())).map_err(StoreError::Update)?;
-                check_profile(&update.profile)?;
-                let read = current.map(|(_, rev, _)| rev);
-                if let Some(rev) = write_in(&mut c.0, key, now.unix_seconds(), read, &update)? {
-                    return Ok(Updated {
-                        revision: revision(rev)?,
-                        attempts: attempt,
-                    });
-                }
-                backoff(attempt);
-            }
-            Err(StoreError::Contended {
-                attempts: MAX_UPDATE_ATTEMPTS,
-            })
+            // Read outside a transaction: the caller's function (a guard call) never holds the
+            // database's write lock.
+            let conn = std::cell::RefCell::new(&mut c.0);
+            update_with(
+                f,
+                || load_in(&conn.borrow(), key),
+                |read, update| {
+                    write_in(
+                        &mut conn.borrow_mut(),
+                        key,
+                        now.unix_seconds(),
+                        read,
+                        update,
+                    )
+                },
+            )
         })
     }
 
