@@ -466,7 +466,7 @@ pub fn render(
 }
 
 /// One guarded call as JSON: `{template: <verification request, whose `now` defaults to the
-/// context's>, variables_schema, variables: {name: value}, context}`.
+/// context's>, variables_schema, variables: {name: value}, input?, context}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GuardRequest {
@@ -474,6 +474,9 @@ struct GuardRequest {
     variables_schema: Box<serde_json::value::RawValue>,
     #[serde(default)]
     variables: UniqueMap<serde_json::Value>,
+    /// The user's own message, sent to the model after the rendered template.
+    #[serde(default)]
+    input: Option<String>,
     context: crate::contract::Context,
 }
 
@@ -531,8 +534,17 @@ pub fn guard_json(guard: &crate::Guard, request: &str) -> Result<String, GuardCa
     )?;
     let schema = VariableSchema::from_json(request.variables_schema.get().as_bytes())?;
     let rendered = render(&verified, &schema, &request.variables.0)?;
+    let mut segments = rendered.segments;
+    if let Some(text) = request.input.filter(|text| !text.is_empty()) {
+        segments.push(Segment {
+            text,
+            trust: Trust::Untrusted,
+            role: Some(crate::contract::Role::User),
+            source: Some("input".to_string()),
+        });
+    }
     let input = crate::contract::AssessmentInput {
-        segments: rendered.segments,
+        segments,
         context: request.context,
     };
     let output = guard.assess(&input);
