@@ -9,6 +9,7 @@ macro_rules! outln {
     }};
 }
 
+mod apikey;
 mod audit;
 mod demo;
 mod eval;
@@ -54,7 +55,7 @@ enum Command {
     /// Sign and verify prompt templates.
     #[command(subcommand)]
     Template(template::TemplateCommand),
-    /// Serve the HTTP API (`POST /v1/scan`, `GET /healthz`).
+    /// Serve the HTTP API: guarded calls, scanning, the registry, incidents and metrics.
     Serve(serve::ServeArgs),
     /// Record, prove and verify the tamper-evident audit log.
     #[command(subcommand)]
@@ -65,6 +66,9 @@ enum Command {
     /// Manage the identities that may use the registry, and their roles.
     #[command(subcommand)]
     Identity(registry::IdentityCommand),
+    /// Make API keys for the HTTP service (local access to the data folder).
+    #[command(subcommand)]
+    Apikey(apikey::ApikeyCommand),
     /// A user's behaviour data: export it, erase it, purge what is past its retention.
     #[command(subcommand)]
     Users(users::UsersCommand),
@@ -259,6 +263,7 @@ pub fn main() -> ExitCode {
         Command::Audit(command) => audit::run(command),
         Command::Init(args) => registry::init(args),
         Command::Identity(command) => registry::identity(command),
+        Command::Apikey(command) => apikey::run(command),
         Command::Users(command) => users::run(command),
     };
     match result {

@@ -118,23 +118,50 @@ pub struct InitArgs {
     origin: Option<String>,
 }
 
+impl Access {
+    /// Local access to a data folder (no token), for the service.
+    pub(super) fn local(data_dir: PathBuf, log_signer: Option<SignerSpec>) -> Self {
+        Access {
+            data_dir,
+            db: None,
+            token_file: None,
+            log_signer,
+        }
+    }
+
+    /// Makes the log's local signing key (unless another signer is named) and the database's
+    /// folder, when missing. Returns the new key's path and fingerprint when one was made.
+    pub(super) fn prepare(&self) -> Result<Option<(PathBuf, String)>> {
+        let keys = self.data_dir.join("keys");
+        let log_key = keys.join("signing-key.pem");
+        let made = if self.log_signer.is_none() && !log_key.exists() {
+            let (_, files) = LocalSigner::generate_files(&keys, "signing-key", 3072, false)?;
+            Some((files.private_key, files.fingerprint))
+        } else {
+            None
+        };
+        let db = self.db();
+        if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+        Ok(made)
+    }
+
+    /// The registry, made when missing (local access: no token).
+    pub(super) fn open_or_create(&self) -> Result<Registry> {
+        self.prepare()?;
+        let db = self.db();
+        Registry::open(&db).with_context(|| format!("cannot open `{}`", db.display()))
+    }
+}
+
 /// `sigil init`: the data folder, the log's signing key, the database and the first admin.
 pub fn init(args: InitArgs) -> Result<ExitCode> {
-    let keys = args.at.data_dir.join("keys");
-    let log_key = keys.join("signing-key.pem");
-    if args.at.log_signer.is_none() && !log_key.exists() {
-        let (_, files) = LocalSigner::generate_files(&keys, "signing-key", 3072, false)?;
-        outln!(
-            "log key      {} ({})",
-            files.private_key.display(),
-            files.fingerprint
-        );
+    if let Some((path, fingerprint)) = args.at.prepare()? {
+        outln!("log key      {} ({})", path.display(), fingerprint);
     }
     let db = args.at.db();
-    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create `{}`", parent.display()))?;
-    }
     let token_path = args
         .token_out
         .clone()
@@ -172,7 +199,7 @@ pub(super) fn write_secret(path: &Path, token: &str) -> Result<()> {
 }
 
 /// A new file readable by its owner only; an existing one is never replaced.
-fn create_secret(path: &Path) -> Result<std::fs::File> {
+pub(super) fn create_secret(path: &Path) -> Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -192,7 +219,7 @@ fn create_secret(path: &Path) -> Result<std::fs::File> {
     })
 }
 
-fn fill_secret(file: &mut std::fs::File, path: &Path, token: &str) -> Result<()> {
+pub(super) fn fill_secret(file: &mut std::fs::File, path: &Path, token: &str) -> Result<()> {
     use std::io::Write as _;
     file.write_all(format!("{token}\n").as_bytes())
         .and_then(|()| file.sync_all())

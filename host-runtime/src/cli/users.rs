@@ -38,14 +38,19 @@ impl BehaviourArgs {
         let Some(spec) = &self.store else {
             return Ok(None);
         };
+        self.open_spec(spec).map(Some)
+    }
+
+    /// The store `spec` names, with these options.
+    pub(super) fn open_spec(&self, spec: &StoreSpec) -> Result<Behaviour> {
         let store = store::open(spec).with_context(|| format!("cannot open the store `{spec}`"))?;
-        Ok(Some(Behaviour {
+        Ok(Behaviour {
             store,
             detections: DetectionOptions {
                 min_level: self.detections_from,
                 keep_excerpts: self.keep_excerpts,
             },
-        }))
+        })
     }
 }
 
@@ -125,7 +130,7 @@ fn spec(store: &Option<StoreSpec>, at: &Access) -> StoreSpec {
 }
 
 /// Whether two paths name one file (one that does not exist yet only by the same path).
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(super) fn same_file(a: &Path, b: &Path) -> bool {
     a == b
         || matches!(
             (std::fs::canonicalize(a), std::fs::canonicalize(b)),

@@ -349,6 +349,50 @@ impl Registry {
         Ok(token)
     }
 
+    /// Adds an identity with `roles` for whoever can write the database itself (the operator of
+    /// `sigil apikey create`, who needs no token: file access is the authority), and returns its
+    /// token. The audit entry names the actor `role:local`.
+    pub fn add_identity_locally(
+        &mut self,
+        name: &str,
+        roles: &BTreeSet<Role>,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+    ) -> Result<String, RegistryError> {
+        check_identity_name(name)?;
+        let origin = self.log.origin().to_string();
+        let tx = self
+            .log
+            .connection()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_clock(&tx, now)?;
+        if store::principal_by_name(&tx, name)?.is_some() {
+            return Err(RegistryError::Conflict(format!("identity `{name}` exists")));
+        }
+        let token = roles::new_token()?;
+        let key = roles::new_pseudonym_key()?;
+        store::insert_principal(
+            &tx,
+            name,
+            roles,
+            &roles::token_hash(&token),
+            &key,
+            &now.to_string(),
+        )?;
+        let entry = admin_entry(
+            now,
+            "role:local".into(),
+            format!(
+                "identity {} roles {}",
+                pseudonym_of(&key, name),
+                roles_list(roles)
+            ),
+        );
+        audit::record_in(&tx, &origin, vec![entry], log_signer)?;
+        tx.commit()?;
+        Ok(token)
+    }
+
     /// The identity a token belongs to.
     pub fn authenticate(&self, token: &str) -> Result<Session, RegistryError> {
         let token = token.trim();

@@ -33,6 +33,9 @@ pub enum AssessError {
     /// The guard's answer is not the contract's shape.
     #[error("the guard's answer could not be read: {0}")]
     Answer(String),
+    /// The guard refused the template of a guarded call; nothing was stored.
+    #[error("the template was refused ({}): {}", .0.code, .0.message)]
+    Refused(crate::engine::TemplateRefusal),
 }
 
 /// The guard's answer, with the profile left as the JSON text the guard wrote.
@@ -67,55 +70,79 @@ pub fn assess_with_store(
     owned.context.profile = None;
     owned.context.now = now.to_string();
     let input = &owned;
-    let plain = serde_json::to_string(input).map_err(|e| AssessError::Answer(e.to_string()))?;
     let key = ProfileKey::new(input.context.tenant.as_deref(), user)?;
     let base = serde_json::to_value(input).map_err(|e| AssessError::Answer(e.to_string()))?;
+    call_with_store(behaviour, &key, now, &input.segments, &mut |profile| {
+        let request = with_profile(&base, &["context"], profile)
+            .ok_or_else(|| AssessError::Answer("the request could not be built".into()))?;
+        Ok(engine.assess_json(&request)?)
+    })
+}
+
+/// Runs one guard call with `key`'s stored profile and stores the profile it returns.
+///
+/// `call` is given the stored profile (`None` for a new user) and answers JSON with the
+/// contract's `assessment` and `profile` at its top level (an assessment or a guarded call). A
+/// profile the guard refuses as input is one written by another version of the guard: the call
+/// is made again without it, and the user starts afresh. The store retries `call` when another
+/// writer changed the profile meanwhile, so the answer always matches the stored state.
+/// `segments` are what a detection record digests.
+pub fn call_with_store(
+    behaviour: &Behaviour,
+    key: &ProfileKey,
+    now: Timestamp,
+    segments: &[guard_core::Segment],
+    call: &mut dyn FnMut(Option<&serde_json::Value>) -> Result<String, AssessError>,
+) -> Result<String, AssessError> {
     let mut answer = String::new();
-    let result = behaviour.store.update(&key, now, &mut |current| {
-        let assessed = match current.and_then(|p| with_profile(&base, p)) {
-            Some(request) => match engine.assess_json(&request) {
-                Err(EngineError::Input(_)) => {
-                    // Only the guard writes profiles, so this is one written by another version
-                    // of the guard: the user starts afresh rather than being refused for ever.
-                    eprintln!("a stored behaviour profile was refused by the guard; starting a new one");
-                    engine.assess_json(&plain)
+    let result = behaviour.store.update(key, now, &mut |current| {
+        let stored = current.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok());
+        let assessed = match stored.as_ref() {
+            Some(profile) => match call(Some(profile)) {
+                Err(AssessError::Engine(EngineError::Input(_))) => {
+                    tracing::warn!("a stored behaviour profile was refused by the guard; starting a new one");
+                    call(None)
                 }
                 other => other,
             },
-            None => engine.assess_json(&plain),
+            None => call(None),
         }
         .map_err(|e| Box::new(e) as BoxError)?;
         let parsed: Answer<'_> = serde_json::from_str(&assessed)
             .map_err(|e| Box::new(AssessError::Answer(e.to_string())) as BoxError)?;
         let update = Update {
             profile: parsed.profile.get().to_string(),
-            detection: detection(&input.segments, &parsed.assessment, &behaviour.detections),
+            detection: detection(segments, &parsed.assessment, &behaviour.detections),
         };
         answer = assessed;
         Ok(update)
     });
     match result {
         Ok(_) => Ok(answer),
-        Err(StoreError::Update(inner)) => Err(match inner.downcast::<EngineError>() {
-            Ok(engine_error) => AssessError::Engine(*engine_error),
-            Err(other) => match other.downcast::<AssessError>() {
-                Ok(assess_error) => *assess_error,
-                Err(other) => AssessError::Answer(other.to_string()),
-            },
+        Err(StoreError::Update(inner)) => Err(match inner.downcast::<AssessError>() {
+            Ok(assess_error) => *assess_error,
+            Err(other) => AssessError::Answer(other.to_string()),
         }),
         Err(e) => Err(AssessError::Store(e)),
     }
 }
 
-/// The request with `context.profile` set to a stored profile; `None` when the stored text is
-/// not JSON (a damaged row: the user starts afresh).
-fn with_profile(base: &serde_json::Value, profile: &str) -> Option<String> {
-    let profile: serde_json::Value = serde_json::from_str(profile).ok()?;
+/// The request with the object at `path` given `profile` (or left without one), as JSON text;
+/// `None` when `path` does not name an object.
+pub fn with_profile(
+    base: &serde_json::Value,
+    path: &[&str],
+    profile: Option<&serde_json::Value>,
+) -> Option<String> {
+    let Some(profile) = profile else {
+        return Some(base.to_string());
+    };
     let mut request = base.clone();
-    request
-        .as_object_mut()?
-        .get_mut("context")?
-        .as_object_mut()?
-        .insert("profile".into(), profile);
+    let mut at = &mut request;
+    for key in path {
+        at = at.as_object_mut()?.get_mut(*key)?;
+    }
+    at.as_object_mut()?
+        .insert("profile".into(), profile.clone());
     Some(request.to_string())
 }

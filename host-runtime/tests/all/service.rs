@@ -1,17 +1,81 @@
 //! The HTTP service, without a socket.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use guard_core::time::Timestamp;
 use host_runtime::engine::{EngineLimits, GuardEngine};
-use host_runtime::service::{app, AppState};
+use host_runtime::registry::{Registry, Role};
+use host_runtime::service::{app, Access, AppState, RequestLimits};
+use host_runtime::signer::LocalSigner;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+/// The audit log's key for service tests, made once.
+pub fn log_key() -> LocalSigner {
+    static PEM: OnceLock<String> = OnceLock::new();
+    let pem = PEM.get_or_init(|| LocalSigner::generate(2048).unwrap().private_pem().unwrap());
+    LocalSigner::from_pem(pem).unwrap()
+}
+
+/// A registry in a temporary folder with one identity per role (named after it) and their keys.
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+    pub tokens: BTreeMap<&'static str, String>,
+}
+
+impl Keys {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::open(&dir.path().join("sigil.db")).unwrap();
+        let signer = log_key();
+        let at = Timestamp::parse("2026-12-01T00:00:00Z").unwrap();
+        let admin = registry.bootstrap("admin", at, &signer).unwrap();
+        let session = registry.authenticate(&admin).unwrap();
+        let mut tokens = BTreeMap::from([("admin", admin)]);
+        for role in Role::ALL.into_iter().filter(|r| *r != Role::Admin) {
+            let token = registry
+                .add_identity(&session, role.as_str(), &[role].into(), at, &signer)
+                .unwrap();
+            tokens.insert(role.as_str(), token);
+        }
+        Keys { dir, tokens }
+    }
+
+    pub fn access(&self) -> Access {
+        let registry = Registry::open(&self.dir.path().join("sigil.db")).unwrap();
+        Access::new(registry, Box::new(log_key()))
+    }
+
+    pub fn token(&self, role: &str) -> &str {
+        &self.tokens[role]
+    }
+}
+
+fn limits(max_body: usize) -> RequestLimits {
+    RequestLimits {
+        max_body,
+        ..RequestLimits::default()
+    }
+}
+
 fn router(max_body: usize) -> axum::Router {
+    let keys = keys();
     let engine = Arc::new(GuardEngine::new("{}", EngineLimits::default()).unwrap());
-    app(AppState::new(engine, max_body))
+    app(AppState::new(engine, keys.access(), limits(max_body)))
+}
+
+/// The `Authorization` header of the shared registry's identity for `role`.
+fn bearer(role: &str) -> String {
+    format!("Bearer {}", keys().token(role))
+}
+
+/// One registry for the tests that only scan.
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(Keys::new)
 }
 
 async fn call(router: axum::Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
@@ -27,6 +91,7 @@ async fn call(router: axum::Router, request: Request<Body>) -> (StatusCode, serd
 fn post(body: impl Into<Body>) -> Request<Body> {
     Request::post("/v1/scan")
         .header("content-type", "application/json")
+        .header("authorization", bearer("scanner"))
         .body(body.into())
         .unwrap()
 }
@@ -46,12 +111,14 @@ async fn scans_text_and_contract_requests() {
 #[tokio::test]
 async fn media_type_is_matched_without_regard_to_case_or_parameters() {
     let request = Request::post("/v1/scan")
+        .header("authorization", bearer("scanner"))
         .header("content-type", "Application/JSON; charset=utf-8")
         .body(Body::from(r#"{"text": "hello"}"#))
         .unwrap();
     let (status, v) = call(router(1 << 20), request).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let no_type = Request::post("/v1/scan")
+        .header("authorization", bearer("scanner"))
         .body(Body::from(r#"{"text": "hello"}"#))
         .unwrap();
     assert_eq!(call(router(1 << 20), no_type).await.0, StatusCode::OK);
@@ -74,7 +141,8 @@ async fn errors_point_into_the_body_as_sent() {
 #[tokio::test]
 async fn a_fixed_now_is_used_when_the_request_has_none() {
     let engine = Arc::new(GuardEngine::new("{}", EngineLimits::default()).unwrap());
-    let router = app(AppState::new(engine, 1 << 20).with_fixed_now("2026-12-03T12:00:00Z".into()));
+    let router = app(AppState::new(engine, keys().access(), limits(1 << 20))
+        .with_fixed_now("2026-12-03T12:00:00Z".into()));
     let (status, v) = call(router, post(r#"{"text": "hello"}"#)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["profile"]["last_seen"], "2026-12-03T12:00:00Z");
@@ -130,6 +198,7 @@ async fn bad_requests_get_json_errors() {
         ),
         (
             Request::post("/v1/scan")
+                .header("authorization", bearer("scanner"))
                 .header("content-type", "text/plain")
                 .body(Body::from("{}"))
                 .unwrap(),
@@ -160,15 +229,18 @@ mod with_store {
     }
 
     fn router(store: Arc<dyn ProfileStore>, keep_excerpts: bool) -> axum::Router {
-        let state = AppState::new(engine(), 16 << 20)
+        let state = AppState::new(engine(), keys().access(), limits(16 << 20))
             .with_fixed_now(crate::NOW.to_string())
-            .with_behaviour(Behaviour {
-                store,
-                detections: DetectionOptions {
-                    keep_excerpts,
-                    ..DetectionOptions::default()
+            .with_behaviour(
+                Behaviour {
+                    store,
+                    detections: DetectionOptions {
+                        keep_excerpts,
+                        ..DetectionOptions::default()
+                    },
                 },
-            });
+                false,
+            );
         app(state)
     }
 
