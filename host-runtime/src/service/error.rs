@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::engine::EngineError;
 use crate::registry::RegistryError;
 use crate::store::{AssessError, StoreError, UsersError};
+use crate::template::TemplateSignError;
 
 /// An error answer.
 #[derive(Debug)]
@@ -167,6 +168,7 @@ impl From<RegistryError> for AppError {
                     "the signing key could not be used; nothing was changed",
                 )
             }
+            RegistryError::Template(TemplateSignError::Sign(e)) => RegistryError::Sign(e).into(),
             RegistryError::Template(e) => AppError::bad_request("invalid_input", e.to_string()),
             RegistryError::Engine(e) => e.into(),
             other => {

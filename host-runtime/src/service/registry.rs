@@ -27,9 +27,10 @@ use serde_json::json;
 use super::body::read_object;
 use super::routes::Verb;
 use super::{json_response, AppError, AppState};
-use crate::registry::{PublishRequest, Registry, Session};
+use crate::registry::{PublishRequest, Registry, RegistryError, Session};
 use crate::signer::{SignError, Signer};
 use crate::store::{erase_user, export_user, EraseTarget, ProfileKey};
+use crate::template::TemplateSignError;
 use crate::validate::{ValidationOptions, DEFAULT_MAX_TEMPLATE_BYTES};
 
 /// The handler of a registry route, if this module serves it.
@@ -335,7 +336,9 @@ fn publish_with(
                 "audit": publication.recorded.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
             }))
         }
-        Err(crate::registry::RegistryError::Sign(SignError::Config(m))) if m == DRAFT_ONLY => {
+        Err(RegistryError::Template(TemplateSignError::Sign(SignError::Config(m))))
+            if m == DRAFT_ONLY =>
+        {
             let asked = signer
                 .asked
                 .lock()
@@ -350,7 +353,18 @@ fn publish_with(
                 "pae_sha256": hex(&crate::signer::sha256(&asked)),
             }))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(presented_error(e)),
+    }
+}
+
+/// A presented signature that does not verify is the caller's mistake, not the signer's.
+fn presented_error(e: RegistryError) -> AppError {
+    match e {
+        RegistryError::Sign(SignError::Denied(m))
+        | RegistryError::Template(TemplateSignError::Sign(SignError::Denied(m))) => {
+            AppError::bad_request("bad_signature", m)
+        }
+        other => other.into(),
     }
 }
 
@@ -436,15 +450,17 @@ async fn approve(
             asked: Mutex::new(None),
         };
         let engine = state.engine.clone();
-        let publication = registry.approve(
-            &session,
-            &id,
-            version,
-            &signer,
-            log_signer,
-            &engine,
-            now_of(state)?,
-        )?;
+        let publication = registry
+            .approve(
+                &session,
+                &id,
+                version,
+                &signer,
+                log_signer,
+                &engine,
+                now_of(state)?,
+            )
+            .map_err(presented_error)?;
         state.templates.clear();
         Ok(json!({
             "template_id": publication.template_id,

@@ -14,6 +14,7 @@ mod cli;
 mod engine;
 mod registry;
 mod service;
+mod service_api;
 mod signer_kms;
 mod signer_local;
 mod signer_pkcs11;

@@ -54,6 +54,17 @@ impl Keys {
     }
 }
 
+/// The Python of the test peers' environment (`scripts/kms-server --setup` makes it).
+pub fn peer_python() -> std::path::PathBuf {
+    let venv = std::env::var_os("SIGIL_KMS_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sigil/kms-venv")
+        });
+    venv.join("bin/python")
+}
+
 fn limits(max_body: usize) -> RequestLimits {
     RequestLimits {
         max_body,
