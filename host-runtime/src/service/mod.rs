@@ -10,6 +10,7 @@ mod access;
 mod assess;
 mod body;
 mod error;
+pub mod journal;
 mod outcome;
 mod registry;
 pub mod routes;
