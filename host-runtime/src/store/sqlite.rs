@@ -71,11 +71,21 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// Opens a connection with the durability the store promises.
+///
+/// Profile updates are committed to the write-ahead log without waiting for the disk
+/// (`synchronous=NORMAL`): an update survives a crash of the process, and only an operating
+/// system crash or power loss can take back the last ones. A profile is a running summary, one
+/// update per request, and waiting for the disk on every request would make the disk the speed
+/// of the service. Erasures wait for the disk (a checkpoint after each), and the audit log,
+/// incidents and outbox, in the same file or not, are committed with `synchronous=FULL` on their
+/// own connections.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    crate::sqlite::open(path, true).map_err(|e| match e {
+    let conn = crate::sqlite::open(path, true).map_err(|e| match e {
         crate::sqlite::OpenError::Sqlite(e) => StoreError::from(e),
         other => StoreError::Schema(other.to_string()),
-    })
+    })?;
+    conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+    Ok(conn)
 }
 
 /// Creates the tables if needed, and checks the schema version of existing ones.
