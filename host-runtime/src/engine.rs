@@ -250,6 +250,18 @@ impl GuardEngine {
         Ok(engine)
     }
 
+    /// Fills the pool with every instance it may hold, so no call pays for making one (each
+    /// compiles the policy's rules). Returns how many instances are idle now.
+    pub fn warm(&self) -> Result<usize, EngineError> {
+        let want = self.limits.max_instances as usize;
+        let idle = self.idle.lock().map(|i| i.len()).unwrap_or(want);
+        for _ in idle..want {
+            let instance = self.instantiate()?;
+            self.release(instance);
+        }
+        Ok(self.idle.lock().map(|i| i.len()).unwrap_or(0))
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> EngineLimits {
         self.limits

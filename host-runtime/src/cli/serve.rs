@@ -92,6 +92,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let registry = open_registry(&local, &args.data_dir)?;
     let access = Access::new(registry, local.log_signer()?);
     let engine = Arc::new(args.guard.engine()?);
+    // Every instance is made before the first call, so no call waits for one.
+    let instances = engine.warm().context("cannot start the guard's instances")?;
+    tracing::info!(instances, "guard instances ready");
     let limits = RequestLimits {
         max_body: to_usize(args.max_body),
         max_prompt_bytes: to_usize(args.max_prompt),

@@ -351,7 +351,7 @@ impl Registry {
 
     /// Adds an identity with `roles` for whoever can write the database itself (the operator of
     /// `sigil apikey create`, who needs no token: file access is the authority), and returns its
-    /// token. The audit entry names the actor `role:local`.
+    /// token. The audit entry names the actor `role:system`, as for the first admin.
     pub fn add_identity_locally(
         &mut self,
         name: &str,
@@ -381,7 +381,7 @@ impl Registry {
         )?;
         let entry = admin_entry(
             now,
-            "role:local".into(),
+            "role:system".into(),
             format!(
                 "identity {} roles {}",
                 pseudonym_of(&key, name),

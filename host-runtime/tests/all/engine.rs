@@ -44,6 +44,31 @@ fn decides_inside_the_module_and_reuses_one_instance() {
 }
 
 #[test]
+fn a_warmed_pool_makes_no_instance_for_concurrent_calls() {
+    let e = std::sync::Arc::new(engine(EngineLimits {
+        max_instances: 4,
+        ..EngineLimits::default()
+    }));
+    assert_eq!(e.warm().unwrap(), 4);
+    assert_eq!(e.warm().unwrap(), 4, "warming twice adds nothing");
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    e.assess_text("What is the capital of France?", NOW).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(e.stats().created.load(Ordering::Relaxed), 4);
+    assert_eq!(e.stats().calls.load(Ordering::Relaxed), 80);
+}
+
+#[test]
 fn a_call_past_its_deadline_discards_the_instance_and_the_next_call_gets_a_fresh_one() {
     // 50 ms is hundreds of times what a short prompt takes and a small part of what 10 MB takes.
     let e = engine(EngineLimits {
