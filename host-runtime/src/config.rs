@@ -111,6 +111,15 @@ fn shorten(text: &str) -> String {
     out
 }
 
+/// A parser's message with control characters (but line breaks) shown as `?`: it quotes the
+/// file's line, which may hold anything.
+fn printable(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Value types
 
@@ -857,7 +866,7 @@ impl ServiceConfig {
         let (name, text) = file.unwrap_or(("(defaults)", ""));
         let file_error = |e: toml::de::Error| ConfigError::File {
             file: name.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: printable(e.to_string().trim_end()),
         };
         // Parsed once for errors that point at the line and key, once as a table to override.
         let from_file: ServiceConfig = toml::from_str(text).map_err(file_error)?;
@@ -905,7 +914,7 @@ impl ServiceConfig {
             ServiceConfig::deserialize(toml::Value::Table(candidate.clone())).map_err(|e| {
                 ConfigError::Env {
                     var: var.clone(),
-                    message: e.to_string().trim_end().to_string(),
+                    message: printable(e.to_string().trim_end()),
                 }
             })?;
             table = candidate;
@@ -913,7 +922,7 @@ impl ServiceConfig {
         let mut config = ServiceConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
             ConfigError::File {
                 file: name.to_string(),
-                message: e.to_string(),
+                message: printable(e.to_string().trim_end()),
             }
         })?;
         config.resolve_secrets(|var| lookup.get(var).cloned())?;
