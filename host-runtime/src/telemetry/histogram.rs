@@ -1,7 +1,8 @@
 //! Latency histograms with fixed buckets from 50 µs to 10 s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use super::counters::Counters;
 
 /// Upper bounds of the buckets, in seconds, as rendered in `le`; one more bucket holds the rest.
 pub const BUCKETS_SECONDS: [&str; 17] = [
@@ -32,11 +33,22 @@ const BOUNDS_NANOS: [u64; 17] = [
 
 const BUCKETS: usize = BOUNDS_NANOS.len() + 1;
 
-/// Counts per bucket (not cumulative) and the sum of what was observed.
-#[derive(Debug, Default)]
+/// An observation adds at most an hour to the sum, so that no bogus duration wraps it.
+const MAX_SUMMED_NANOS: u64 = 3_600_000_000_000;
+
+/// Counts per bucket (not cumulative) and, in the cell after them, the sum of what was observed
+/// in nanoseconds.
+#[derive(Debug)]
 pub(crate) struct Histogram {
-    buckets: [AtomicU64; BUCKETS],
-    sum_nanos: AtomicU64,
+    cells: Counters,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            cells: Counters::new(BUCKETS + 1),
+        }
+    }
 }
 
 impl Histogram {
@@ -44,20 +56,19 @@ impl Histogram {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         // The first bucket whose bound is at least the value: `le` is inclusive.
         let bucket = BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
-        if let Some(cell) = self.buckets.get(bucket) {
-            cell.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.cells.add(bucket, 1);
+        self.cells.add(BUCKETS, nanos.min(MAX_SUMMED_NANOS));
     }
 
     pub(crate) fn snapshot(&self) -> Counts {
+        let cells = self.cells.load();
         let mut buckets = [0u64; BUCKETS];
-        for (out, cell) in buckets.iter_mut().zip(&self.buckets) {
-            *out = cell.load(Ordering::Relaxed);
+        for (out, n) in buckets.iter_mut().zip(&cells) {
+            *out = *n;
         }
         Counts {
             buckets,
-            sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
+            sum_nanos: cells.get(BUCKETS).copied().unwrap_or(0),
         }
     }
 }

@@ -36,6 +36,7 @@
 //! ));
 //! ```
 
+mod counters;
 pub mod emf;
 mod histogram;
 mod labels;
@@ -47,6 +48,7 @@ use std::time::Duration;
 
 use guard_core::{Action, Level};
 
+use counters::Counters;
 use histogram::Histogram;
 pub use histogram::BUCKETS_SECONDS;
 use labels::Interner;
@@ -281,6 +283,7 @@ fn status_slot(status: u16) -> usize {
 }
 
 /// The service's metrics. Share it by `Arc`; every method takes `&self` and none takes a lock.
+/// Counters are striped across threads ([`counters`]) so that cores rarely write the same line.
 #[derive(Debug)]
 pub struct Metrics {
     tenants: Interner,
@@ -288,39 +291,29 @@ pub struct Metrics {
     refusal_codes: Interner,
     sinks: Interner,
     /// Per tenant slot, endpoint, action, level.
-    requests: Box<[AtomicU64]>,
+    requests: Counters,
     /// Per endpoint and status slot.
-    responses: Box<[AtomicU64]>,
-    rule_hits: Box<[AtomicU64]>,
-    model_hits: [AtomicU64; 2],
+    responses: Counters,
+    rule_hits: Counters,
+    model_hits: Counters,
     verify: Histogram,
     assess: Histogram,
     call: [Histogram; 2],
-    refusals: Box<[AtomicU64]>,
+    refusals: Counters,
     incidents_open: [AtomicU64; 5],
     incidents_unacknowledged: AtomicU64,
     /// Seconds as `f64` bits.
     oldest_unacknowledged: AtomicU64,
     outbox_depth: AtomicU64,
     /// Per sink slot and outcome.
-    deliveries: Box<[AtomicU64]>,
-    exhausted: [AtomicU64; 3],
+    deliveries: Counters,
+    exhausted: Counters,
     guard_instances: AtomicU64,
     /// Values counted under `other` because their table was full or the value unfit, per label.
-    folded: [AtomicU64; 4],
+    folded: Counters,
 }
 
 const REQUEST_CELLS: usize = 2 * 4 * 5;
-
-fn counters(n: usize) -> Box<[AtomicU64]> {
-    (0..n).map(|_| AtomicU64::new(0)).collect()
-}
-
-fn add(cell: Option<&AtomicU64>, n: u64) {
-    if let Some(cell) = cell {
-        cell.fetch_add(n, Ordering::Relaxed);
-    }
-}
 
 /// The open labels, in the order of `Metrics::folded`.
 const FOLDED_LABELS: [&str; 4] = ["tenant", "rule", "code", "sink"];
@@ -333,22 +326,22 @@ impl Metrics {
         let refusal_codes = Interner::new(limits.refusal_codes);
         let sinks = Interner::new(limits.sinks);
         Metrics {
-            requests: counters(tenants.slots() * REQUEST_CELLS),
-            responses: counters(2 * STATUS_SLOTS),
-            rule_hits: counters(rules.slots()),
-            model_hits: Default::default(),
+            requests: Counters::new(tenants.slots() * REQUEST_CELLS),
+            responses: Counters::new(2 * STATUS_SLOTS),
+            rule_hits: Counters::new(rules.slots()),
+            model_hits: Counters::new(2),
             verify: Histogram::default(),
             assess: Histogram::default(),
             call: Default::default(),
-            refusals: counters(refusal_codes.slots()),
+            refusals: Counters::new(refusal_codes.slots()),
             incidents_open: Default::default(),
             incidents_unacknowledged: AtomicU64::new(0),
             oldest_unacknowledged: AtomicU64::new(0f64.to_bits()),
             outbox_depth: AtomicU64::new(0),
-            deliveries: counters(sinks.slots() * 3),
-            exhausted: Default::default(),
+            deliveries: Counters::new(sinks.slots() * 3),
+            exhausted: Counters::new(3),
             guard_instances: AtomicU64::new(0),
-            folded: Default::default(),
+            folded: Counters::new(4),
             tenants,
             rules,
             refusal_codes,
@@ -379,10 +372,8 @@ impl Metrics {
     /// Records the answer of one HTTP call to a guarded endpoint and how long the call took.
     pub fn record_response(&self, endpoint: Endpoint, status: u16, total: Duration) {
         let e = endpoint.index();
-        add(
-            self.responses.get(e * STATUS_SLOTS + status_slot(status)),
-            1,
-        );
+        self.responses
+            .add(e * STATUS_SLOTS + status_slot(status), 1);
         if let Some(h) = self.call.get(e) {
             h.observe(total);
         }
@@ -400,13 +391,13 @@ impl Metrics {
         let t = self.slot(0, &self.tenants, tenant.unwrap_or("none"));
         let cell = ((t * 2 + endpoint.index()) * 4 + action_index(assessed.action)) * 5
             + level_index(assessed.level);
-        add(self.requests.get(cell), 1);
+        self.requests.add(cell, 1);
         for rule in rules {
             let r = self.slot(1, &self.rules, rule);
-            add(self.rule_hits.get(r), 1);
+            self.rule_hits.add(r, 1);
         }
         if model_hit {
-            add(self.model_hits.get(endpoint.index()), 1);
+            self.model_hits.add(endpoint.index(), 1);
         }
     }
 
@@ -423,12 +414,12 @@ impl Metrics {
     /// Counts a template the guard refused, by the refusal's stable code.
     pub fn template_refused(&self, code: &str) {
         let c = self.slot(2, &self.refusal_codes, code);
-        add(self.refusals.get(c), 1);
+        self.refusals.add(c, 1);
     }
 
     /// Counts a guard call cut short by a limit.
     pub fn guard_exhausted(&self, kind: Exhaustion) {
-        add(self.exhausted.get(kind.index()), 1);
+        self.exhausted.add(kind.index(), 1);
     }
 
     /// Sets how many guard instances the pool holds.
@@ -454,7 +445,7 @@ impl Metrics {
     /// Counts one delivery attempt of an outbox message to a sink (by its configured name).
     pub fn delivery(&self, sink: &str, outcome: DeliveryOutcome) {
         let s = self.slot(3, &self.sinks, sink);
-        add(self.deliveries.get(s * 3 + outcome.index()), 1);
+        self.deliveries.add(s * 3 + outcome.index(), 1);
     }
 
     /// Appends the Prometheus text exposition (format 0.0.4) of every metric to `out`.
@@ -467,7 +458,7 @@ impl Metrics {
         match table.index(value) {
             Some(slot) => slot,
             None => {
-                add(self.folded.get(label), 1);
+                self.folded.add(label, 1);
                 table.other()
             }
         }
@@ -476,28 +467,29 @@ impl Metrics {
     /// Every counter and gauge as plain numbers, for renderers that need a consistent view or
     /// differences between two moments.
     fn snapshot(&self) -> Snapshot {
-        let load = |cells: &[AtomicU64]| -> Vec<u64> {
-            cells.iter().map(|c| c.load(Ordering::Relaxed)).collect()
-        };
         Snapshot {
-            requests: load(&self.requests),
-            responses: load(&self.responses),
-            rule_hits: load(&self.rule_hits),
-            model_hits: load(&self.model_hits),
+            requests: self.requests.load(),
+            responses: self.responses.load(),
+            rule_hits: self.rule_hits.load(),
+            model_hits: self.model_hits.load(),
             verify: self.verify.snapshot(),
             assess: self.assess.snapshot(),
             call: [self.call[0].snapshot(), self.call[1].snapshot()],
-            refusals: load(&self.refusals),
-            incidents_open: load(&self.incidents_open),
+            refusals: self.refusals.load(),
+            incidents_open: self
+                .incidents_open
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
             incidents_unacknowledged: self.incidents_unacknowledged.load(Ordering::Relaxed),
             oldest_unacknowledged: f64::from_bits(
                 self.oldest_unacknowledged.load(Ordering::Relaxed),
             ),
             outbox_depth: self.outbox_depth.load(Ordering::Relaxed),
-            deliveries: load(&self.deliveries),
-            exhausted: load(&self.exhausted),
+            deliveries: self.deliveries.load(),
+            exhausted: self.exhausted.load(),
             guard_instances: self.guard_instances.load(Ordering::Relaxed),
-            folded: load(&self.folded),
+            folded: self.folded.load(),
         }
     }
 }
@@ -557,7 +549,7 @@ mod tests {
                 for a in ACTIONS {
                     for l in Level::ALL {
                         let cell = ((t * 2 + e.index()) * 4 + action_index(a)) * 5 + level_index(l);
-                        assert!(cell < m.requests.len());
+                        assert!(cell < m.requests.load().len());
                         assert_eq!(request_labels(cell), (t, e, a, l));
                     }
                 }
