@@ -1061,6 +1061,12 @@ impl ServiceConfig {
         if r.purge_every.duration() < Duration::from_secs(60) {
             return Err(invalid("retention.purge_every", "at least 1m"));
         }
+        if self.metrics_listen.as_ref() == Some(&self.listen) {
+            return Err(invalid(
+                "metrics_listen",
+                "differs from `listen`; leave it out to serve /metrics on `listen`",
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "a directory"));
         }

@@ -283,7 +283,8 @@ fn status_slot(status: u16) -> usize {
 }
 
 /// The service's metrics. Share it by `Arc`; every method takes `&self` and none takes a lock.
-/// Counters are striped across threads ([`counters`]) so that cores rarely write the same line.
+/// Counters are striped across threads (one copy per core, summed when read) so that cores
+/// rarely write the same cache line.
 #[derive(Debug)]
 pub struct Metrics {
     tenants: Interner,

@@ -355,6 +355,10 @@ fn bad_values_are_refused_with_their_key() {
         ("listen = \"-bad-:80\"", "not a listen address"),
         ("listen = 8080", "invalid type"),
         ("metrics_listen = \"\"", "not a listen address"),
+        (
+            "listen = \"0.0.0.0:80\"\nmetrics_listen = \"0.0.0.0:80\"",
+            "differs from `listen`",
+        ),
         ("store = \"mysql://x\"", "sqlite:PATH"),
         ("data_dir = \"\"", "data_dir"),
         ("[limits]\nmax_body_bytes = \"16 parsecs\"", "not a size"),
