@@ -299,16 +299,21 @@ where
         let message = collect.message.unwrap_or_default();
         match self.format {
             LogFormat::Json => {
-                let mut line = Map::new();
-                line.insert("timestamp".into(), Value::String(timestamp()));
-                line.insert("level".into(), Value::from(meta.level().as_str()));
-                line.insert("target".into(), Value::from(meta.target()));
-                line.insert("message".into(), Value::String(message));
-                line.insert("fields".into(), Value::Object(collect.fields));
+                // Written key by key so that the line reads in this order (a JSON map sorts).
+                let text = |v: &str| Value::from(v).to_string();
+                write!(
+                    writer,
+                    "{{\"timestamp\":{},\"level\":{},\"target\":{},\"message\":{},\"fields\":{}",
+                    text(&timestamp()),
+                    text(meta.level().as_str()),
+                    text(meta.target()),
+                    text(&message),
+                    Value::Object(collect.fields)
+                )?;
                 if !spans.is_empty() {
-                    line.insert("spans".into(), Value::Array(spans));
+                    write!(writer, ",\"spans\":{}", Value::Array(spans))?;
                 }
-                writeln!(writer, "{}", Value::Object(line))
+                writeln!(writer, "}}")
             }
             LogFormat::Text => {
                 // Debug quoting keeps a message with a line break on one line.
@@ -401,6 +406,7 @@ mod tests {
         });
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 1, "{out}");
+        assert!(lines[0].starts_with(r#"{"timestamp":""#), "{out}");
         let line: Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(line["level"], "WARN");
         assert_eq!(line["message"], "template refused");
