@@ -6,10 +6,13 @@
 //! measures the guard: [`metrics`] (pure functions over scored rows) and [`plot`] serve
 //! `sigil eval`. It keeps the tamper-evident [`audit`] log, whose proofs guard-core checks, the template
 //! [`registry`] that records into it, and the behaviour [`store`] of users' profiles and
-//! detection records (SQLite or PostgreSQL), whose contents it never interprets.
+//! detection records (SQLite or PostgreSQL), whose contents it never interprets. The service reads
+//! its [`config`] from TOML and the environment and reports through [`telemetry`] (Prometheus and
+//! CloudWatch EMF metrics, structured logs).
 
 pub mod audit;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod plot;
@@ -18,6 +21,7 @@ pub mod service;
 pub mod signer;
 mod sqlite;
 pub mod store;
+pub mod telemetry;
 pub mod template;
 pub mod train;
 pub mod validate;

@@ -11,6 +11,8 @@
 mod audit;
 mod behaviour;
 mod cli;
+mod config;
+mod deploy;
 mod engine;
 mod registry;
 mod service;
@@ -19,6 +21,7 @@ mod signer_kms;
 mod signer_local;
 mod signer_pkcs11;
 mod signing;
+mod telemetry;
 mod validate;
 
 use std::path::PathBuf;
