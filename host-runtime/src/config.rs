@@ -352,10 +352,25 @@ impl fmt::Debug for Secret {
     }
 }
 
-fn deserialize_store<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StoreSpec>, D::Error> {
+/// Where behaviour profiles are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreSetting {
+    /// In the data folder's database, beside the registry (the default).
+    #[default]
+    DataFolder,
+    /// Nowhere: callers keep their users' profiles (`store = "none"`).
+    Off,
+    /// In the store named (`sqlite:PATH` or `postgres://…`).
+    At(StoreSpec),
+}
+
+fn deserialize_store<'de, D: Deserializer<'de>>(d: D) -> Result<StoreSetting, D::Error> {
     let text = String::deserialize(d)?;
+    if text == "none" {
+        return Ok(StoreSetting::Off);
+    }
     text.parse::<StoreSpec>()
-        .map(Some)
+        .map(StoreSetting::At)
         .map_err(|e| de::Error::custom(e.to_string()))
 }
 
@@ -385,9 +400,10 @@ pub struct ServiceConfig {
     pub metrics_listen: Option<ListenAddr>,
     /// Where the service keeps its files (SQLite databases, keys, audit log).
     pub data_dir: PathBuf,
-    /// The behaviour store (`sqlite:PATH` or `postgres://...`); without it, none.
+    /// The behaviour store: `sqlite:PATH`, `postgres://...`, or `none`; without it, the data
+    /// folder's database.
     #[serde(deserialize_with = "deserialize_store")]
-    pub store: Option<StoreSpec>,
+    pub store: StoreSetting,
     /// Sizes and guard limits.
     pub limits: Limits,
     /// Incident grouping.
@@ -408,7 +424,7 @@ impl Default for ServiceConfig {
             listen: ListenAddr("127.0.0.1:8080".into()),
             metrics_listen: None,
             data_dir: PathBuf::from(".sigil"),
-            store: None,
+            store: StoreSetting::DataFolder,
             limits: Limits::default(),
             incidents: Incidents::default(),
             escalation: Escalation::default(),

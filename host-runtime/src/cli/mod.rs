@@ -110,9 +110,13 @@ impl GuardOptions {
     /// The guard, and the policy it runs as data (for commands that need its thresholds), both
     /// from one reading of the policy file.
     fn engine_and_policy(&self) -> Result<(GuardEngine, Policy)> {
+        self.engine_with(EngineLimits::default())
+    }
+
+    /// As [`GuardOptions::engine_and_policy`], with the guard's limits.
+    fn engine_with(&self, limits: EngineLimits) -> Result<(GuardEngine, Policy)> {
         let json = self.policy_json()?;
-        let engine =
-            GuardEngine::new(&json, EngineLimits::default()).context("cannot start the guard")?;
+        let engine = GuardEngine::new(&json, limits).context("cannot start the guard")?;
         let policy = Policy::from_json(&json).context("cannot read the policy")?;
         Ok((engine, policy))
     }

@@ -1,4 +1,7 @@
 //! `sigil serve`: the HTTP API.
+//!
+//! Configuration comes from a TOML file (`--config`, or `SIGIL_CONFIG`), then `SIGIL_*`
+//! variables, then the flags here; with none of them the defaults run (`docs/service.md`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,57 +11,43 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use super::registry::{create_secret, fill_secret, Access as LocalAccess};
-use super::users::{BehaviourArgs, RetentionArgs};
 use super::GuardOptions;
+use crate::config::{ServiceConfig, StoreSetting};
 use crate::registry::Registry;
-use crate::service::{
-    app, Access, AppState, RequestLimits, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MAX_PROMPT,
-};
+use crate::service::{app, Access, AppState, RequestLimits};
 use crate::signer::SignerSpec;
-use crate::store::{ProfileStore, Retention, StoreSpec};
-
-/// How often `sigil serve` runs the retention purge.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
+use crate::store::{self, Behaviour, ProfileStore, Retention, StoreSpec};
+use crate::telemetry::emf::EmfWriter;
+use crate::telemetry::{logging, Metrics};
 
 /// The file the first admin key is written to.
 pub const FIRST_ADMIN_KEY_FILE: &str = "admin.token";
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// The configuration file (TOML). Without it, the file `SIGIL_CONFIG` names, or defaults;
+    /// `SIGIL_*` variables override the file, and these flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on, `host:port` (a name such as `localhost` is resolved).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
+    #[arg(long)]
+    listen: Option<String>,
     /// The data folder: the registry and audit log (`sigil.db`), keys in `keys/`.
-    #[arg(long, default_value = ".sigil")]
-    data_dir: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep users' behaviour profiles here: `sqlite:PATH` or
+    /// `postgres://USER@HOST:PORT/DATABASE`. Without it, the data folder's database.
+    #[arg(long, value_name = "SPEC")]
+    store: Option<StoreSpec>,
+    /// Keep no behaviour profiles (callers keep them).
+    #[arg(long, conflicts_with = "store")]
+    no_store: bool,
     /// The key that signs the audit log's checkpoints. Without it,
     /// `local:<data-dir>/keys/signing-key.pem` (made when missing).
     #[arg(long, value_name = "SPEC")]
     log_signer: Option<SignerSpec>,
-    /// Largest request body, in bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_BODY as u64, value_parser = clap::value_parser!(u64).range(1..))]
-    max_body: u64,
-    /// Largest prompt of one call (its untrusted text), in bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_PROMPT as u64, value_parser = clap::value_parser!(u64).range(1..))]
-    max_prompt: u64,
-    /// Most texts in one `/v1/scan/batch` request.
-    #[arg(long, default_value_t = DEFAULT_MAX_BATCH as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    max_batch: u64,
-    /// Keep no behaviour profiles (by default they are kept in the data folder's database, or
-    /// in `--store`).
-    #[arg(long, conflicts_with = "store")]
-    no_store: bool,
     #[command(flatten)]
     guard: GuardOptions,
-    #[command(flatten)]
-    behaviour: BehaviourArgs,
-    /// Retention, enforced by a purge at start and every hour.
-    #[command(flatten)]
-    retention: RetentionArgs,
-}
-
-fn to_usize(value: u64) -> usize {
-    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 /// The registry of the data folder, made when missing; on a registry with no identity at all,
@@ -87,20 +76,50 @@ fn open_registry(local: &LocalAccess, data_dir: &std::path::Path) -> Result<Regi
     Ok(registry)
 }
 
+fn load_config(args: &ServeArgs) -> Result<ServiceConfig> {
+    let mut config = ServiceConfig::load(args.config.as_deref())?;
+    if let Some(listen) = &args.listen {
+        config.listen = crate::config::ListenAddr::parse(listen)
+            .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(spec) = &args.store {
+        config.store = StoreSetting::At(spec.clone());
+    }
+    if args.no_store {
+        config.store = StoreSetting::Off;
+    }
+    Ok(config)
+}
+
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
+
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
-    let local = LocalAccess::local(args.data_dir.clone(), args.log_signer.clone());
-    let registry = open_registry(&local, &args.data_dir)?;
+    let config = load_config(&args)?;
+    if let Err(e) = logging::init(&config.telemetry.log_options()) {
+        eprintln!("sigil: logs stay unstructured: {e}");
+    }
+    let data_dir = config.data_dir.clone();
+    let local = LocalAccess::local(data_dir.clone(), args.log_signer.clone());
+    let registry = open_registry(&local, &data_dir)?;
     let access = Access::new(registry, local.log_signer()?);
-    let engine = Arc::new(args.guard.engine()?);
+    let (engine, _) = args.guard.engine_with(config.limits.engine_limits())?;
+    let engine = Arc::new(engine);
     // Every instance is made before the first call, so no call waits for one.
     let instances = engine.warm().context("cannot start the guard's instances")?;
     tracing::info!(instances, "guard instances ready");
     let limits = RequestLimits {
-        max_body: to_usize(args.max_body),
-        max_prompt_bytes: to_usize(args.max_prompt),
-        max_batch: to_usize(args.max_batch),
+        max_body: config.limits.max_body_bytes.as_usize(),
+        max_prompt_bytes: config.limits.max_prompt_bytes.as_usize(),
+        max_batch: to_usize(u64::from(config.limits.max_batch)),
     };
-    let mut state = AppState::new(engine, access, limits);
+    let metrics = Arc::new(Metrics::new(config.telemetry.label_limits()));
+    metrics.set_guard_instances(instances as u64);
+    let mut state = AppState::new(engine, access, limits).with_metrics(metrics.clone());
     let fixed_now = match &args.guard.now {
         Some(_) => Some(args.guard.now()?),
         None => None,
@@ -109,52 +128,97 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         state = state.with_fixed_now(now.clone());
     }
     let db = local.db();
-    let spec = match (&args.behaviour.store, args.no_store) {
-        (_, true) => None,
-        (Some(spec), false) => Some(spec.clone()),
-        (None, false) => Some(StoreSpec::Sqlite(db.clone())),
+    let spec = match &config.store {
+        StoreSetting::Off => None,
+        StoreSetting::At(spec) => Some(spec.clone()),
+        StoreSetting::DataFolder => Some(StoreSpec::Sqlite(db.clone())),
     };
     let store = match &spec {
         Some(spec) => {
-            let behaviour = args.behaviour.open_spec(spec)?;
-            let store = behaviour.store.clone();
-            let in_registry =
-                matches!(spec, StoreSpec::Sqlite(path) if super::users::same_file(path, &db));
+            let store =
+                store::open(spec).with_context(|| format!("cannot open the store `{spec}`"))?;
+            let in_registry = matches!(spec, StoreSpec::Sqlite(path) if super::users::same_file(path, &db));
             eprintln!("sigil keeps behaviour profiles in {spec}");
-            state = state.with_behaviour(behaviour, in_registry);
+            state = state.with_behaviour(
+                Behaviour {
+                    store: store.clone(),
+                    detections: config.detections.options(),
+                },
+                in_registry,
+            );
             Some(store)
         }
         None => None,
     };
+    let emf = if config.telemetry.emf.enabled {
+        let writer = EmfWriter::new(
+            metrics.clone(),
+            &config.telemetry.emf.namespace,
+            &config.telemetry.emf.target(),
+        )?;
+        Some(writer.start(config.telemetry.emf.interval.duration())?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     if let Some(store) = store {
-        let retention = args.retention.retention();
-        runtime.spawn(purge_periodically(store, retention, fixed_now));
+        runtime.spawn(purge_periodically(
+            store,
+            config.retention.store_retention(),
+            config.retention.purge_every.duration(),
+            fixed_now,
+        ));
     }
+    let listen = config.listen.as_str().to_string();
+    let metrics_listen = config.metrics_listen.as_ref().map(|l| l.as_str().to_string());
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen.as_str())
+        let listener = tokio::net::TcpListener::bind(listen.as_str())
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
+        let router = app(state);
+        if let Some(metrics_listen) = metrics_listen {
+            let metrics_listener = tokio::net::TcpListener::bind(metrics_listen.as_str())
+                .await
+                .with_context(|| format!("cannot listen on {metrics_listen}"))?;
+            let addr = metrics_listener.local_addr()?;
+            eprintln!("sigil serves /metrics on http://{addr}/metrics");
+            let metrics_router = router.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(metrics_listener, metrics_router)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+        }
         eprintln!("sigil listening on http://{local}");
-        axum::serve(listener, app(state))
+        tracing::info!(addr = %local, "listening");
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("server failed")
     })?;
     // In-flight requests had their chance; do not wait forever on stuck connections.
     runtime.shutdown_timeout(Duration::from_secs(10));
+    if let Some(emf) = emf {
+        if let Err(e) = emf.stop() {
+            tracing::error!(error = %e, "the last EMF flush failed");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the retention purge now and every [`PURGE_EVERY`]; failures are logged and retried at
-/// the next round.
+/// Runs the retention purge now and every `every`; failures are logged and retried at the next
+/// round.
 async fn purge_periodically(
     store: Arc<dyn ProfileStore>,
     retention: Retention,
+    every: Duration,
     fixed_now: Option<String>,
 ) {
-    let mut interval = tokio::time::interval(PURGE_EVERY);
+    let mut interval = tokio::time::interval(every.max(Duration::from_secs(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
@@ -171,8 +235,8 @@ async fn purge_periodically(
                 p.detections, p.profiles
             ),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("behaviour purge failed: {e}"),
-            Err(e) => eprintln!("behaviour purge failed: {e}"),
+            Ok(Err(e)) => tracing::error!(error = %e, "behaviour purge failed"),
+            Err(e) => tracing::error!(error = %e, "behaviour purge failed"),
         }
     }
 }
@@ -196,5 +260,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    eprintln!("sigil stopping");
+    tracing::info!("stopping");
 }

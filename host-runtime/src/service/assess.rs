@@ -107,19 +107,23 @@ fn host_now(now: &str) -> Result<Timestamp, AppError> {
 
 /// Assesses one input, with the stored profile when the service keeps profiles.
 fn assess_one(state: &AppState, input: &AssessmentInput, now: &str) -> Result<String, AppError> {
-    match &state.behaviour {
-        Some(behaviour) => Ok(assess_with_store(
-            &state.engine,
-            behaviour,
-            input,
-            host_now(now)?,
-        )?),
+    let answer = match &state.behaviour {
+        Some(behaviour) => assess_with_store(&state.engine, behaviour, input, host_now(now)?),
         None => {
             let plain = serde_json::to_string(input)
                 .map_err(|_| AppError::internal("the request could not be encoded"))?;
-            Ok(state.engine.assess_json(&plain)?)
+            state.engine.assess_json(&plain).map_err(AssessError::Engine)
         }
+    };
+    noted(state, answer)
+}
+
+/// The result, with a guard call cut short by its limits counted.
+fn noted<T>(state: &AppState, result: Result<T, AssessError>) -> Result<T, AppError> {
+    if let Err(AssessError::Engine(e)) = &result {
+        state.note_engine_error(e);
     }
+    result.map_err(AppError::from)
 }
 
 /// The parts of an answer the host acts on.
@@ -421,6 +425,9 @@ pub(super) async fn guard(
     .await?;
     let (answer, assess_time) = result;
     let request_id = super::request_id(&headers);
+    if let Err(AssessError::Engine(e)) = &answer {
+        state.note_engine_error(e);
+    }
     let answer = match answer {
         Ok(answer) => answer,
         Err(AssessError::Refused(refusal)) => {

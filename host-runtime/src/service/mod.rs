@@ -33,8 +33,9 @@ pub use error::AppError;
 pub use outcome::{Call, Endpoint, Kept, Outcome};
 pub use templates::TEMPLATE_TTL;
 
-use crate::engine::GuardEngine;
+use crate::engine::{EngineError, GuardEngine};
 use crate::store::Behaviour;
+use crate::telemetry::{Assessed, Exhaustion, LabelLimits, Metrics};
 use templates::TemplateCache;
 
 /// Largest request body accepted by default.
@@ -90,6 +91,7 @@ pub struct AppState {
     /// audit entry commit together.
     behaviour_in_registry: bool,
     templates: Arc<TemplateCache>,
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -113,6 +115,34 @@ impl AppState {
             behaviour: None,
             behaviour_in_registry: false,
             templates: Arc::new(TemplateCache::default()),
+            metrics: Arc::new(Metrics::new(LabelLimits::default())),
+        }
+    }
+
+    /// The same state counting into `metrics` (shared with an EMF writer, say).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics the service counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Counts a guard call cut short by one of its limits.
+    pub(crate) fn note_engine_error(&self, error: &EngineError) {
+        if let EngineError::Trap(message) = error {
+            let kind = if message.contains("interrupt") {
+                Exhaustion::Deadline
+            } else if message.contains("memory") {
+                Exhaustion::Memory
+            } else if message.contains("fuel") {
+                Exhaustion::Fuel
+            } else {
+                return;
+            };
+            self.metrics.guard_exhausted(kind);
         }
     }
 
@@ -130,8 +160,42 @@ impl AppState {
         self
     }
 
-    /// Acts on one call's outcome; what it kept goes back to the caller.
-    pub async fn record(&self, _outcome: Outcome<'_>) -> Result<Kept, AppError> {
+    /// Acts on one call's outcome: metrics, and what it kept goes back to the caller.
+    pub async fn record(&self, outcome: Outcome<'_>) -> Result<Kept, AppError> {
+        if let Some(verify) = outcome.verify_time {
+            self.metrics.observe_verify(verify);
+        }
+        if let Some(assess) = outcome.assess_time {
+            self.metrics.observe_assess(assess);
+        }
+        match &outcome.call {
+            Call::Assessed { assessment, .. } => {
+                let mut rules: Vec<&str> = Vec::new();
+                let mut model_hit = false;
+                for finding in &assessment.findings {
+                    match finding.source {
+                        guard_core::FindingSource::Rule => {
+                            if !rules.contains(&finding.id.as_str()) {
+                                rules.push(&finding.id);
+                            }
+                        }
+                        guard_core::FindingSource::Model => model_hit = true,
+                        _ => {}
+                    }
+                }
+                self.metrics.record_assessment(
+                    outcome.endpoint,
+                    outcome.tenant.as_deref(),
+                    Assessed {
+                        action: assessment.action,
+                        level: assessment.level,
+                    },
+                    &rules,
+                    model_hit,
+                );
+            }
+            Call::Refused { code, .. } => self.metrics.template_refused(code),
+        }
         Ok(Kept::default())
     }
 }
@@ -145,6 +209,7 @@ pub fn app(state: AppState) -> Router {
             (Verb::Get, "/healthz") => get(healthz),
             (Verb::Get, "/readyz") => get(readyz),
             (Verb::Get, "/openapi.json") => get(openapi),
+            (Verb::Get, "/metrics") => get(metrics),
             (Verb::Post, "/v1/scan") => post(assess::scan),
             (Verb::Post, "/v1/scan/batch") => post(assess::scan_batch),
             (Verb::Post, "/v1/guard") => post(assess::guard),
@@ -165,6 +230,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::require_key,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -237,6 +306,46 @@ async fn readyz(State(state): State<AppState>) -> Response {
             json!({"status": "not_ready"}).to_string(),
         ),
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .set_guard_instances(state.engine.stats().created.load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(state.engine.stats().discarded.load(std::sync::atomic::Ordering::Relaxed)));
+    let mut out = String::with_capacity(32 << 10);
+    state.metrics.render_prometheus(&mut out);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
+        out,
+    )
+        .into_response()
+}
+
+/// Counts every answer of the assessing endpoints, with its status and the call's whole time.
+async fn count_responses(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let endpoint = match request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str())
+    {
+        Some("/v1/scan") | Some("/v1/scan/batch") => Some(Endpoint::Scan),
+        Some("/v1/guard") => Some(Endpoint::Guard),
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    if let Some(endpoint) = endpoint {
+        state
+            .metrics
+            .record_response(endpoint, response.status().as_u16(), started.elapsed());
+    }
+    response
 }
 
 async fn openapi() -> Response {

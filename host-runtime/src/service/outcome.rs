@@ -6,24 +6,7 @@ use std::time::{Duration, Instant};
 
 use guard_core::Assessment;
 
-/// Which endpoint answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/v1/scan` and its batch form.
-    Scan,
-    /// `/v1/guard`.
-    Guard,
-}
-
-impl Endpoint {
-    /// Its metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Endpoint::Scan => "scan",
-            Endpoint::Guard => "guard",
-        }
-    }
-}
+pub use crate::telemetry::Endpoint;
 
 /// How the call ended.
 #[derive(Debug)]

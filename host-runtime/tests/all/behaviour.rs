@@ -1036,9 +1036,18 @@ fn serve_with_a_store_purges_at_start_and_keeps_profiles() {
     }
     // 100 days later: the old user's profile (30 days) and detection (90 days) are past retention.
     let later = at(100 * DAY).to_string();
+    let key = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["apikey", "create", "--role", "scanner", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(key.status.success(), "{}", String::from_utf8_lossy(&key.stderr));
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--now", &later])
+        .args(["serve", "--listen", "127.0.0.1:0", "--now", &later, "--data-dir"])
+        .arg(dir.path())
         .args(["--store", &spec_text(&spec)])
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -1046,7 +1055,7 @@ fn serve_with_a_store_purges_at_start_and_keeps_profiles() {
     let (mut addr, mut purged) = (None, false);
     while addr.is_none() || !purged {
         let line = stderr.next().unwrap().unwrap();
-        if let Some(rest) = line.split("http://").nth(1) {
+        if let Some(rest) = line.split("listening on http://").nth(1) {
             addr = rest.split_whitespace().next().map(str::to_string);
         }
         purged |= line.contains("purged 1 detections and 1 profiles");
@@ -1056,7 +1065,7 @@ fn serve_with_a_store_purges_at_start_and_keeps_profiles() {
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     write!(
         stream,
-        "POST /v1/scan HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/scan HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -696,20 +696,29 @@ fn http(addr: &str, request: &str) -> String {
 
 #[test]
 fn serve_answers_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["apikey", "create", "--role", "scanner", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(key.status.success(), "{}", String::from_utf8_lossy(&key.stderr));
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve stopped");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
     let health = http(
         &addr,
         &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
@@ -719,13 +728,21 @@ fn serve_answers_over_http() {
     let scan = http(
         &addr,
         &format!(
-            "POST /v1/scan HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /v1/scan HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     );
     assert!(scan.starts_with("HTTP/1.1 200"), "{scan}");
+    let anonymous = http(
+        &addr,
+        &format!(
+            "POST /v1/scan HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
     assert!(scan.contains(r#""action":"block""#), "{scan}");
-    let bad = http(&addr, &format!("POST /v1/scan HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1\r\nConnection: close\r\n\r\n{{"));
+    let bad = http(&addr, &format!("POST /v1/scan HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: 1\r\nConnection: close\r\n\r\n{{"));
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     assert!(bad.contains("invalid_json"));
     child.kill().unwrap();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use guard_core::Level;
-use host_runtime::config::{env_name, ConfigError, ServiceConfig, SinkKind, ENV_KEYS};
+use host_runtime::config::{env_name, ConfigError, ServiceConfig, SinkKind, StoreSetting, ENV_KEYS};
 use host_runtime::store::StoreSpec;
 use host_runtime::telemetry::emf::EmfTarget;
 use host_runtime::telemetry::logging::LogFormat;
@@ -103,7 +103,7 @@ fn defaults_run_with_no_file_and_no_environment() {
     assert_eq!(config.listen.as_str(), "127.0.0.1:8080");
     assert_eq!(config.metrics_listen, None);
     assert_eq!(config.data_dir.to_str(), Some(".sigil"));
-    assert_eq!(config.store, None);
+    assert_eq!(config.store, StoreSetting::DataFolder);
     assert_eq!(config.limits.max_body_bytes.bytes(), 16 << 20);
     assert_eq!(config.limits.max_batch, 64);
     assert_eq!(
@@ -148,7 +148,7 @@ fn a_full_file_sets_every_section() {
         "127.0.0.1:9464"
     );
     assert_eq!(c.data_dir.to_str(), Some("/var/lib/sigil"));
-    assert!(matches!(c.store, Some(StoreSpec::Postgres(_))));
+    assert!(matches!(c.store, StoreSetting::At(StoreSpec::Postgres(_))));
     let l = c.limits;
     assert_eq!(l.max_body_bytes.bytes(), 4 << 20);
     assert_eq!(l.max_prompt_bytes.bytes(), 262_144);
