@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod cli;
 pub mod engine;
+pub mod incidents;
 pub mod metrics;
 pub mod plot;
 pub mod registry;

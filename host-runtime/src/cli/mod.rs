@@ -12,6 +12,7 @@ macro_rules! outln {
 mod audit;
 mod demo;
 mod eval;
+mod incidents;
 mod keys;
 mod registry;
 mod scan;
@@ -70,6 +71,9 @@ enum Command {
     Users(users::UsersCommand),
     /// Run the main job on the bundled samples: sign a template, verify it, guard prompts.
     Demo(demo::DemoArgs),
+    /// Incidents: list them, export them with detections for a SIEM.
+    #[command(subcommand)]
+    Incidents(incidents::IncidentsCommand),
 }
 
 /// Options shared by commands that run the guard.
@@ -260,6 +264,7 @@ pub fn main() -> ExitCode {
         Command::Init(args) => registry::init(args),
         Command::Identity(command) => registry::identity(command),
         Command::Users(command) => users::run(command),
+        Command::Incidents(command) => incidents::run(command),
     };
     match result {
         Ok(code) => code,
