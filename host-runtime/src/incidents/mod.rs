@@ -62,7 +62,8 @@ pub use outbox::{
 };
 pub use review::{
     acknowledge, assign, comment, counts, get_incident, list_incidents, list_quarantine,
-    pending_audit, reject, release, resolve, view_quarantined, Counts, Released, Reviewer,
+    pending_audit, record_pending_audit, reject, release, resolve, reviewed, view_quarantined,
+    Counts, Released, Reviewer,
 };
 pub use siem::{export_jsonl, ExportCounts, OCSF_VERSION};
 pub use store::{init_in, record_in};
@@ -125,6 +126,9 @@ pub enum IncidentError {
     /// The export could not be written.
     #[error("cannot write the export: {0}")]
     Write(#[from] std::io::Error),
+    /// The registry refused (authentication, role, clock) or failed, or its audit log did.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 impl From<aws_lc_rs::error::Unspecified> for IncidentError {

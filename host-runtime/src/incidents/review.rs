@@ -20,6 +20,8 @@ use super::{
     QuarantineStatus, DEFAULT_PAGE, MAX_PAGE,
 };
 use crate::audit::NewEntry;
+use crate::registry::{Recorded, Registry, Role, Session};
+use crate::signer::Signer;
 
 /// Who acts: the name kept on the incident (what the console shows) and the audit actor
 /// (`role:<role>` or the identity's keyed pseudonym, as the registry gives it).
@@ -711,4 +713,62 @@ pub fn counts(conn: &Connection, now: Timestamp) -> Result<Counts, IncidentError
         )?,
         audit_pending: count(conn, "SELECT COUNT(*) FROM incident_audit_queue")?,
     })
+}
+
+/// Runs a reviewer operation of this module in the registry's transaction: the session must
+/// hold the reviewer role (checked against the stored identity, inside the transaction), `f`
+/// gets the reviewer (the identity's name and audit pseudonym), and the change commits with its
+/// audit entries and a signed checkpoint, or not at all.
+///
+/// ```no_run
+/// # fn demo(registry: &mut host_runtime::registry::Registry,
+/// #         session: &host_runtime::registry::Session,
+/// #         signer: &dyn host_runtime::signer::Signer,
+/// #         now: guard_core::time::Timestamp) -> Result<(), host_runtime::incidents::IncidentError> {
+/// use host_runtime::incidents;
+/// let (incident, recorded) = incidents::reviewed(registry, session, now, signer,
+///     "acknowledge incidents", |conn, by| incidents::acknowledge(conn, "inc_…", by, now))?;
+/// # Ok(()) }
+/// ```
+pub fn reviewed<T>(
+    registry: &mut Registry,
+    session: &Session,
+    now: Timestamp,
+    log_signer: &dyn Signer,
+    action: &'static str,
+    f: impl FnOnce(&Connection, Reviewer<'_>) -> Result<(T, Vec<NewEntry>), IncidentError>,
+) -> Result<(T, Recorded), IncidentError> {
+    let name = session.name().to_string();
+    registry.change_with(
+        session,
+        Role::Reviewer,
+        action,
+        now,
+        log_signer,
+        |tx, actor| {
+            f(
+                tx,
+                Reviewer {
+                    name: &name,
+                    actor: &actor,
+                },
+            )
+        },
+    )
+}
+
+/// Records up to `limit` automatic changes waiting for the audit log ([`pending_audit`]) in
+/// one registry transaction, dated `now` and signed by `log_signer`; returns how many. The
+/// service runs it periodically; nothing is signed when nothing waits.
+pub fn record_pending_audit(
+    registry: &mut Registry,
+    now: Timestamp,
+    log_signer: &dyn Signer,
+    limit: u32,
+) -> Result<usize, IncidentError> {
+    let (taken, _) = registry.record_unattended(now, log_signer, |tx| {
+        let entries = pending_audit(tx, now, limit)?;
+        Ok::<_, IncidentError>((entries.len(), entries))
+    })?;
+    Ok(taken)
 }

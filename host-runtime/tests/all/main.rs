@@ -12,6 +12,7 @@ mod audit;
 mod behaviour;
 mod cli;
 mod engine;
+mod incidents;
 mod registry;
 mod service;
 mod signer_kms;
