@@ -280,8 +280,9 @@ async fn settle(shared: &Arc<Shared>, sink: &Sink, row: Claimed, outcome: Outcom
     let event_id = row.event_id.clone();
     let attempts = row.attempts;
     let reported = outcome.clone();
+    let owner = shared.owner.clone();
     match blocking(shared, move |conn| {
-        outbox::finish(conn, &row, &outcome, &policy)
+        outbox::finish(conn, &row, &owner, &outcome, &policy)
     })
     .await
     {

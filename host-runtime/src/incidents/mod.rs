@@ -61,9 +61,9 @@ pub use outbox::{
     EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 pub use review::{
-    acknowledge, assign, comment, counts, get_incident, list_incidents, list_quarantine,
-    pending_audit, record_pending_audit, reject, release, resolve, reviewed, view_quarantined,
-    Counts, Released, Reviewer,
+    acknowledge, assign, comment, counts, erase_subject_in, get_incident, list_incidents,
+    list_quarantine, pending_audit, record_pending_audit, reject, release, resolve, reviewed,
+    view_quarantined, Counts, ErasedSubject, Released, Reviewer,
 };
 pub use siem::{export_jsonl, ExportCounts, OCSF_VERSION};
 pub use store::{init_in, record_in};

@@ -552,9 +552,12 @@ pub(super) enum Outcome {
 
 /// Records an attempt's outcome. A retry past the policy's max age is marked dead instead.
 /// Returns the state the row is in now.
+/// A row whose lease ran out and that another worker claimed meanwhile is that worker's to
+/// settle: only a delivery is recorded over its claim.
 pub(super) fn finish(
     conn: &mut Connection,
     row: &Claimed,
+    owner: &str,
     outcome: &Outcome,
     policy: &super::RetryPolicy,
 ) -> Result<&'static str, IncidentError> {
@@ -571,7 +574,7 @@ pub(super) fn finish(
             "delivered"
         }
         Outcome::Permanent { status, error } => {
-            mark_dead(&tx, row.seq, now, *status, error)?;
+            mark_dead(&tx, row.seq, owner, now, *status, error)?;
             "dead"
         }
         Outcome::Retry {
@@ -589,6 +592,7 @@ pub(super) fn finish(
                 mark_dead(
                     &tx,
                     row.seq,
+                    owner,
                     now,
                     *status,
                     &format!("{error}; gave up after {} attempts", row.attempts),
@@ -598,9 +602,9 @@ pub(super) fn finish(
                 tx.prepare_cached(
                     "UPDATE incident_outbox SET due_at = ?1, last_status = ?2, last_error = ?3,
                          lease_until = NULL, lease_owner = NULL
-                     WHERE seq = ?4 AND state = 'pending'",
+                     WHERE seq = ?4 AND state = 'pending' AND lease_owner = ?5",
                 )?
-                .execute(params![due, status, error, row.seq])?;
+                .execute(params![due, status, error, row.seq, owner])?;
                 "pending"
             }
         }
@@ -612,6 +616,7 @@ pub(super) fn finish(
 fn mark_dead(
     conn: &Connection,
     seq: i64,
+    owner: &str,
     now: i64,
     status: Option<u16>,
     error: &str,
@@ -619,9 +624,9 @@ fn mark_dead(
     conn.prepare_cached(
         "UPDATE incident_outbox SET state = 'dead', done_at = ?1, last_status = ?2,
              last_error = ?3, lease_until = NULL, lease_owner = NULL
-         WHERE seq = ?4 AND state = 'pending'",
+         WHERE seq = ?4 AND state = 'pending' AND lease_owner = ?5",
     )?
-    .execute(params![now, status, error, seq])?;
+    .execute(params![now, status, error, seq, owner])?;
     Ok(())
 }
 

@@ -651,6 +651,50 @@ pub fn pending_audit(
     Ok(entries)
 }
 
+/// What [`erase_subject_in`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ErasedSubject {
+    /// Incidents that no longer name the user.
+    pub incidents: u64,
+    /// Quarantined items that no longer name the user; held ones were rejected and their
+    /// context erased.
+    pub quarantined: u64,
+}
+
+/// For a user's erasure, inside the transaction that erases their behaviour data: incidents and
+/// quarantined items of `subject` (in every tenant, or in `tenant`) stop naming them, and items
+/// still held are rejected with their context erased (what they held was the user's input).
+/// Incidents are kept, as the security record they are; escalation events and audit entries
+/// never named the user.
+pub fn erase_subject_in(
+    conn: &Connection,
+    subject: &str,
+    tenant: Option<&str>,
+    now: Timestamp,
+) -> Result<ErasedSubject, IncidentError> {
+    crate::store::check_subject(subject).map_err(|e| IncidentError::Invalid(e.to_string()))?;
+    let all = tenant.is_none();
+    let tenant = tenant.unwrap_or("");
+    let quarantined = conn.execute(
+        "UPDATE incident_quarantine SET subject = '', context = NULL,
+             status = CASE WHEN status = 'held' THEN 'rejected' ELSE status END,
+             decided_at = CASE WHEN status = 'held' THEN ?1 ELSE decided_at END,
+             decided_by = CASE WHEN status = 'held' THEN 'system' ELSE decided_by END,
+             reason = CASE WHEN status = 'held' THEN 'the user was erased' ELSE reason END
+         WHERE subject = ?2 AND (?3 OR tenant = ?4)",
+        params![now.unix_seconds(), subject, all, tenant],
+    )?;
+    let incidents = conn.execute(
+        "UPDATE incidents SET subject = '', updated_at = ?1
+         WHERE subject = ?2 AND (?3 OR tenant = ?4)",
+        params![now.unix_seconds(), subject, all, tenant],
+    )?;
+    Ok(ErasedSubject {
+        incidents: incidents as u64,
+        quarantined: quarantined as u64,
+    })
+}
+
 fn count(conn: &Connection, sql: &str) -> Result<u64, IncidentError> {
     let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -771,4 +815,118 @@ pub fn record_pending_audit(
         Ok::<_, IncidentError>((entries.len(), entries))
     })?;
     Ok(taken)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use guard_core::{Action, PinnedKey};
+
+    use super::*;
+    use crate::incidents::{IncidentStore, Occurrence, OccurrenceKind};
+    use crate::registry::RegistryError;
+    use crate::signer::LocalSigner;
+
+    #[test]
+    fn reviewer_changes_and_the_pump_land_in_the_signed_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sigil.db");
+        let log_signer = LocalSigner::generate(2048).unwrap();
+        let now = Timestamp::parse("2026-12-03T12:00:00Z").unwrap();
+        let mut registry = Registry::open(&db).unwrap();
+        let admin_token = registry.bootstrap("admin", now, &log_signer).unwrap();
+        let admin = registry.authenticate(&admin_token).unwrap();
+        let token = registry
+            .add_identity(
+                &admin,
+                "rita",
+                &BTreeSet::from([Role::Reviewer]),
+                now,
+                &log_signer,
+            )
+            .unwrap();
+        let rita = registry.authenticate(&token).unwrap();
+
+        let store = IncidentStore::open(&db).unwrap();
+        let recorded = store
+            .record(
+                &[Occurrence {
+                    kind: OccurrenceKind::Assessment {
+                        action: Action::Quarantine,
+                    },
+                    tenant: None,
+                    subject: Some("alice@example.com".into()),
+                    rule: "inj.ignore".into(),
+                    level: Level::High,
+                    at: now,
+                    request_id: "req-1".into(),
+                    summary: serde_json::json!({"score": 0.8}),
+                    quarantine: None,
+                }],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let id = recorded[0].as_ref().unwrap().incident_id.clone();
+
+        let size = registry.audit_log().size().unwrap();
+        assert_eq!(
+            record_pending_audit(&mut registry, now, &log_signer, 100).unwrap(),
+            1
+        );
+        assert_eq!(
+            record_pending_audit(&mut registry, now, &log_signer, 100).unwrap(),
+            0
+        );
+        assert_eq!(registry.audit_log().size().unwrap(), size + 1);
+
+        let (incident, recorded) = reviewed(
+            &mut registry,
+            &rita,
+            now,
+            &log_signer,
+            "acknowledge incidents",
+            |c, by| acknowledge(c, &id, by, now),
+        )
+        .unwrap();
+        assert_eq!(incident.acknowledged_by.as_deref(), Some("rita"));
+        assert_eq!(recorded.entries.len(), 1);
+        let entry = registry.audit_log().entry(recorded.entries[0].seq).unwrap();
+        assert!(entry.actor.starts_with("psn:"), "{}", entry.actor);
+        assert_eq!(entry.kind, EntryKind::Incident);
+
+        // Without the reviewer role, refused; a refused transition records nothing.
+        let size = registry.audit_log().size().unwrap();
+        let forbidden = reviewed(
+            &mut registry,
+            &admin,
+            now,
+            &log_signer,
+            "resolve incidents",
+            |c, by| resolve(c, &id, None, by, now),
+        );
+        assert!(matches!(
+            forbidden,
+            Err(IncidentError::Registry(RegistryError::Forbidden { .. }))
+        ));
+        let again = reviewed(
+            &mut registry,
+            &rita,
+            now,
+            &log_signer,
+            "acknowledge incidents",
+            |c, by| acknowledge(c, &id, by, now),
+        );
+        assert!(matches!(again, Err(IncidentError::Conflict(_))));
+        assert_eq!(registry.audit_log().size().unwrap(), size);
+        let still = store.with_conn(|c| get_incident(c, &id)).unwrap().incident;
+        assert_eq!(still.status, IncidentStatus::Acknowledged);
+
+        let key = PinnedKey::from_spki(log_signer.public_key_der(), log_signer.scheme()).unwrap();
+        let verifier = registry.audit_log().verifier(key).unwrap();
+        let report = registry.audit_log().verify(&verifier, None).unwrap();
+        assert!(report.intact(), "{:?}", report.problems);
+    }
 }

@@ -811,6 +811,8 @@ struct Behaviour {
 #[derive(Clone)]
 struct ReceiverState {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// (path, event id) of requests answered 2xx in time.
+    accepted: Arc<Mutex<BTreeSet<(String, String)>>>,
     behaviour: Arc<Behaviour>,
 }
 
@@ -857,14 +859,25 @@ async fn receive(
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
     if n < fail + b.hang_next.load(Ordering::SeqCst) {
+        // Past the client's timeout: whatever comes after is not heard.
         tokio::time::sleep(Duration::from_secs(5)).await;
+        return StatusCode::OK;
     }
-    StatusCode::from_u16(b.status.load(Ordering::SeqCst) as u16).unwrap_or(StatusCode::OK)
+    let status =
+        StatusCode::from_u16(b.status.load(Ordering::SeqCst) as u16).unwrap_or(StatusCode::OK);
+    if status.is_success() {
+        state.accepted.lock().unwrap().insert((
+            uri.path().to_string(),
+            header("x-sigil-event-id").unwrap_or_default(),
+        ));
+    }
+    status
 }
 
 async fn receiver(fail_first: u64, hang_next: u64) -> Receiver {
     let state = ReceiverState {
         seen: Arc::default(),
+        accepted: Arc::default(),
         behaviour: Arc::new(Behaviour {
             fail_first: AtomicU64::new(fail_first),
             hang_next: AtomicU64::new(hang_next),
@@ -890,6 +903,18 @@ impl Receiver {
 
     fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// The ids a sink's path answered 2xx for.
+    fn accepted(&self, path: &str) -> BTreeSet<String> {
+        self.state
+            .accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, id)| id.clone())
+            .collect()
     }
 }
 
@@ -992,6 +1017,11 @@ async fn every_event_reaches_a_receiver_that_fails_times_out_and_recovers() {
     let seen = rx.seen();
     for sink_path in ["/hook", "/slack", "/pd"] {
         assert_eq!(distinct_ids(&seen, sink_path), events, "{sink_path}");
+        assert_eq!(
+            rx.accepted(sink_path),
+            events,
+            "{sink_path}: each event accepted"
+        );
     }
     // Retries carry the same id: some ids came more than once, always with matching headers.
     assert!(seen.len() > 27, "{} requests", seen.len());
@@ -1167,6 +1197,7 @@ async fn a_crashed_worker_leaves_nothing_undelivered_and_ids_do_not_change() {
     assert_eq!(report.pending, 0);
     let seen = rx.seen();
     assert_eq!(distinct_ids(&seen, "/hook"), events);
+    assert_eq!(rx.accepted("/hook"), events);
     let repeated = events
         .iter()
         .filter(|id| seen.iter().filter(|s| &&s.event_id == id).count() >= 2)
@@ -1487,4 +1518,88 @@ fn a_database_of_another_schema_version_is_refused() {
         IncidentStore::open(&path),
         Err(IncidentError::Schema(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_sinks_speak_tls_and_send_nothing_to_a_server_that_does_not() {
+    // The system's root certificates load (the worker starts with an https sink), and an
+    // https URL to a plain-HTTP server fails the handshake: retried, never sent in clear.
+    let plain = receiver(0, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let config = EscalationConfig {
+        sinks: vec![webhook_sink(
+            "tls",
+            &format!("https://{}/hook", plain.addr),
+            None,
+        )],
+        retry: RetryPolicy {
+            max_age_secs: 1,
+            ..fast_retry()
+        },
+    };
+    let store = IncidentStore::open_with_sinks(&path, &config.sinks).unwrap();
+    let worker = DeliveryWorker::start(&store, &config).unwrap();
+    record_ok(&store, &[occurrence("u", "r", Level::High, 0)]);
+    wait_for("the row to be given up", || {
+        outbox_counts(&path).outbox_pending == 0
+    })
+    .await;
+    let c = outbox_counts(&path);
+    assert_eq!((c.outbox_delivered, c.outbox_dead), (0, 1));
+    assert!(
+        plain.seen().is_empty(),
+        "no request reached the plain server"
+    );
+    let error: String = store
+        .with_conn(|conn| {
+            Ok(conn.query_row("SELECT last_error FROM incident_outbox", [], |r| r.get(0))?)
+        })
+        .unwrap();
+    assert!(error.starts_with("cannot connect"), "{error}");
+    worker.flush(Duration::from_secs(1)).await.unwrap();
+}
+
+#[test]
+fn erasing_a_user_leaves_incidents_that_no_longer_name_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = IncidentStore::open(&db(&dir)).unwrap();
+    let mut held = occurrence("alice", "r", Level::High, 0);
+    held.quarantine = Some(json!({"input": "alice's words"}));
+    let mut released = occurrence("alice", "r2", Level::High, 0);
+    released.quarantine = Some(json!({"input": "more"}));
+    let r = record_ok(
+        &store,
+        &[held, released, occurrence("bob", "r", Level::High, 0)],
+    );
+    store
+        .with_conn(|c| {
+            incidents::release(
+                c,
+                r[1].quarantine_id.as_deref().unwrap(),
+                None,
+                REVIEWER,
+                at(1),
+            )?;
+            let erased = incidents::erase_subject_in(c, "alice", None, at(2))?;
+            assert_eq!((erased.incidents, erased.quarantined), (2, 2));
+            let left: i64 = c.query_row(
+                "SELECT (SELECT COUNT(*) FROM incidents WHERE subject = 'alice')
+                      + (SELECT COUNT(*) FROM incident_quarantine
+                         WHERE subject = 'alice' OR context IS NOT NULL)",
+                [],
+                |row| row.get(0),
+            )?;
+            assert_eq!(left, 0);
+            let item = incidents::list_quarantine(c, &QuarantineFilter::default())?
+                .items
+                .into_iter()
+                .find(|i| Some(&i.id) == r[0].quarantine_id.as_ref())
+                .unwrap();
+            assert_eq!(item.status, QuarantineStatus::Rejected);
+            assert!(item.subject.is_none());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(all_incidents(&store).len(), 3, "incidents are kept");
 }
