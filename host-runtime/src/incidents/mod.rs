@@ -82,6 +82,8 @@ pub const MAX_BATCH: usize = 4096;
 pub const MAX_PAGE: u32 = 500;
 /// Rows a listing returns when the filter names no limit.
 pub const DEFAULT_PAGE: u32 = 50;
+/// A grouping window that suits most services: repeats within an hour of the last one join it.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Why an incident or quarantine operation failed. The HTTP layer maps [`NotFound`] to 404,
 /// [`Conflict`] to 409, [`Invalid`] to 400 and the rest to 503.
@@ -494,8 +496,9 @@ impl IncidentStore {
         Ok(results)
     }
 
-    /// Runs `f` on the store's connection (for the reviewer functions of this module outside a
-    /// registry transaction, and for reads).
+    /// Runs `f` on the store's connection (for reads, and for the reviewer functions of this
+    /// module outside a registry transaction). `f` must not call back into this store: the
+    /// connection is held until it returns.
     pub fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, IncidentError>,
