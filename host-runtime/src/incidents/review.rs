@@ -10,6 +10,7 @@ use guard_core::transparency::EntryKind;
 use guard_core::Level;
 use rusqlite::{params, Connection, OptionalExtension as _};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::store::{
     incident_by_id, incident_row, quarantine_row, rank, INCIDENT_COLUMNS, QUARANTINE_COLUMNS,
@@ -34,12 +35,13 @@ pub struct Reviewer<'a> {
 }
 
 /// A released item: the item and the decision context it was held with.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Released {
     /// The item, now `released`.
     pub item: QuarantineItem,
-    /// The context handed over when it was held (request, rendered prompt, the guard's answer).
-    pub context: serde_json::Value,
+    /// The context handed over when it was held (request, rendered prompt, the guard's answer),
+    /// as the exact JSON stored: never parsed again, so no depth limit can refuse it.
+    pub context: Box<RawValue>,
 }
 
 /// Figures for metrics.
@@ -458,10 +460,7 @@ fn quarantine_item(conn: &Connection, id: &str) -> Result<QuarantineItem, Incide
     }
 }
 
-fn held_context(
-    conn: &Connection,
-    item: &QuarantineItem,
-) -> Result<serde_json::Value, IncidentError> {
+fn held_context(conn: &Connection, item: &QuarantineItem) -> Result<Box<RawValue>, IncidentError> {
     if item.status != QuarantineStatus::Held {
         return Err(IncidentError::Conflict(format!(
             "item {} is {} already",
@@ -485,7 +484,7 @@ fn held_context(
             item.id
         )));
     }
-    serde_json::from_str(&text)
+    RawValue::from_string(text)
         .map_err(|e| IncidentError::Corrupt(format!("context of item {}: {e}", item.id)))
 }
 
@@ -579,7 +578,7 @@ pub fn view_quarantined(
     reason: &str,
     by: Reviewer<'_>,
     now: Timestamp,
-) -> Result<(serde_json::Value, Vec<NewEntry>), IncidentError> {
+) -> Result<(Box<RawValue>, Vec<NewEntry>), IncidentError> {
     check_actor(&by)?;
     if reason.trim().is_empty() {
         return Err(IncidentError::Invalid(
