@@ -1789,3 +1789,98 @@ async fn a_receiver_that_asks_to_wait_is_not_asked_again_sooner() {
     let gap = seen[1].arrived - seen[0].arrived;
     assert!(gap >= Duration::from_millis(950), "{gap:?}");
 }
+
+/// The child of `a_process_killed_mid_delivery_loses_no_event`: records incidents, printing
+/// each acknowledged event id, starts delivering and waits to be killed. Does nothing unless run
+/// by that test.
+#[test]
+#[ignore = "the crash test runs this as its child process"]
+fn delivery_crash_child() {
+    let (Some(path), Some(url)) = (
+        std::env::var_os("SIGIL_INCIDENTS_CRASH_DB"),
+        std::env::var_os("SIGIL_INCIDENTS_CRASH_URL"),
+    ) else {
+        return;
+    };
+    use std::io::Write as _;
+    let config = crash_config(url.to_str().unwrap());
+    let store = IncidentStore::open_with_sinks(Path::new(&path), &config.sinks).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _worker = runtime.block_on(async { DeliveryWorker::start(&store, &config).unwrap() });
+    for i in 0..5 {
+        for r in record_ok(
+            &store,
+            &[occurrence("u", &format!("r{i}"), Level::Critical, i)],
+        ) {
+            for id in r.events {
+                println!("ack {id}");
+            }
+        }
+        std::io::stdout().flush().unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+fn crash_config(url: &str) -> EscalationConfig {
+    EscalationConfig {
+        sinks: vec![webhook_sink("hook", url, None)],
+        retry: RetryPolicy {
+            attempt_timeout_ms: 1000,
+            ..fast_retry()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_delivery_loses_no_event() {
+    use std::io::BufRead as _;
+    let rx = receiver(0, 0).await;
+    rx.state.behaviour.hang_all.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let url = rx.url("/hook");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "incidents::delivery_crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SIGIL_INCIDENTS_CRASH_DB", &path)
+        .env("SIGIL_INCIDENTS_CRASH_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let acked: BTreeSet<String> = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| l.strip_prefix("ack ").map(str::to_string))
+            .take(5)
+            .collect()
+    })
+    .await
+    .unwrap();
+    assert_eq!(acked.len(), 5);
+    // Kill -9 while the receiver holds the child's requests: nothing was marked delivered.
+    wait_for("the child's first attempts", || !rx.seen().is_empty()).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(outbox_counts(&path).outbox_delivered, 0);
+
+    rx.state.behaviour.hang_all.store(false, Ordering::SeqCst);
+    let config = crash_config(&url);
+    let store = IncidentStore::open_with_sinks(&path, &config.sinks).unwrap();
+    let worker = DeliveryWorker::start(&store, &config).unwrap();
+    wait_for("every event delivered after the restart", || {
+        outbox_counts(&path).outbox_pending == 0
+    })
+    .await;
+    worker.flush(Duration::from_secs(1)).await.unwrap();
+    let c = outbox_counts(&path);
+    assert_eq!((c.outbox_delivered, c.outbox_dead), (5, 0));
+    assert_eq!(distinct_ids(&rx.seen(), "/hook"), acked);
+    assert_eq!(rx.accepted("/hook"), acked);
+}
