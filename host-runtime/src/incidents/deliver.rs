@@ -200,6 +200,10 @@ async fn run_sink(
     let permits = Arc::new(Semaphore::new(policy.concurrency as usize));
     let mut inflight: JoinSet<()> = JoinSet::new();
     let name = sink.name().to_string();
+    let poll = Duration::from_millis(policy.poll_ms);
+    // The store that wakes us may be dropped (or hand its waker to a newer worker): then we
+    // poll, rather than spin on a closed channel.
+    let mut wake_open = true;
     loop {
         while inflight.try_join_next().is_some() {}
         let current = *mode.borrow_and_update();
@@ -241,7 +245,14 @@ async fn run_sink(
                 continue;
             }
             Ok(_) => {}
-            Err(e) => eprintln!("escalation: sink `{name}`: cannot read the outbox: {e}"),
+            Err(e) => {
+                eprintln!("escalation: sink `{name}`: cannot read the outbox: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = mode.changed() => {}
+                }
+                continue;
+            }
         }
         let sink_name = name.clone();
         let next = blocking(&shared, move |conn| outbox::next_due(conn, &sink_name))
@@ -252,12 +263,12 @@ async fn run_sink(
                 break;
             }
         }
-        let poll = i64::try_from(policy.poll_ms).unwrap_or(1_000);
-        let wait = next.map_or(poll, |n| n.saturating_sub(now_ms()).clamp(1, poll));
+        let poll_ms = i64::try_from(policy.poll_ms).unwrap_or(1_000);
+        let wait = next.map_or(poll_ms, |n| n.saturating_sub(now_ms()).clamp(1, poll_ms));
         let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(1));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = wake.changed() => {}
+            woken = wake.changed(), if wake_open => wake_open = woken.is_ok(),
             _ = mode.changed() => {}
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
         }

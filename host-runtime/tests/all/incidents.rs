@@ -1884,3 +1884,26 @@ async fn a_process_killed_mid_delivery_loses_no_event() {
     assert_eq!(distinct_ids(&rx.seen(), "/hook"), acked);
     assert_eq!(rx.accepted("/hook"), acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_recorded_by_another_process_are_found_by_polling() {
+    let rx = receiver(0, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let config = EscalationConfig {
+        sinks: vec![webhook_sink("hook", &rx.url("/hook"), None)],
+        retry: fast_retry(),
+    };
+    // The store the worker was started from goes away; another connection records.
+    let first = IncidentStore::open_with_sinks(&path, &config.sinks).unwrap();
+    let worker = DeliveryWorker::start(&first, &config).unwrap();
+    drop(first);
+    let other = IncidentStore::open_with_sinks(&path, &config.sinks).unwrap();
+    let events: BTreeSet<String> = record_ok(&other, &[occurrence("u", "r", Level::High, 0)])
+        .into_iter()
+        .flat_map(|r| r.events)
+        .collect();
+    wait_for("the polled delivery", || rx.accepted("/hook") == events).await;
+    let report = worker.flush(Duration::from_secs(1)).await.unwrap();
+    assert_eq!((report.delivered, report.pending), (1, 0));
+}
