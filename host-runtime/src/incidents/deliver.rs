@@ -94,6 +94,7 @@ impl DeliveryWorker {
                 "escalation: {buried} undelivered events of sinks no longer configured were marked dead"
             );
         }
+        outbox::purge_delivered(&mut conn, policy.keep_delivered_secs.saturating_mul(1000))?;
         let shared = Arc::new(Shared {
             conn: Mutex::new(conn),
             owner: new_id("worker")?,
@@ -107,6 +108,10 @@ impl DeliveryWorker {
         store.set_waker(wake_tx);
         let (mode, mode_rx) = watch::channel(Mode::Run);
         let mut tasks = JoinSet::new();
+        tasks.spawn_on(
+            purge_periodically(shared.clone(), mode_rx.clone()),
+            &runtime,
+        );
         for sink in &config.sinks {
             tasks.spawn_on(
                 run_sink(
@@ -284,6 +289,24 @@ async fn run_sink(
     })
     .await;
     inflight.abort_all();
+}
+
+/// Deletes delivered rows past their keeping time every hour (and once at start), until a
+/// flush.
+async fn purge_periodically(shared: Arc<Shared>, mut mode: watch::Receiver<Mode>) {
+    let keep_ms = shared.policy.keep_delivered_secs.saturating_mul(1000);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            changed = mode.changed() => if changed.is_err() || *mode.borrow() != Mode::Run {
+                return;
+            },
+        }
+        if let Err(e) = blocking(&shared, move |conn| outbox::purge_delivered(conn, keep_ms)).await
+        {
+            eprintln!("escalation: cannot delete delivered events: {e}");
+        }
+    }
 }
 
 async fn settle(shared: &Arc<Shared>, sink: &Sink, row: Claimed, outcome: Outcome) {

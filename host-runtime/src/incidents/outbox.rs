@@ -159,6 +159,9 @@ pub struct RetryPolicy {
     /// How long an idle worker sleeps before looking for due rows again (it also wakes when
     /// events are recorded through its store).
     pub poll_ms: u64,
+    /// Delivered rows are deleted this long after delivery (by a worker, when it starts and
+    /// every hour). Dead rows are kept for inspection.
+    pub keep_delivered_secs: u64,
 }
 
 impl Default for RetryPolicy {
@@ -171,6 +174,7 @@ impl Default for RetryPolicy {
             lease_ms: 60_000,
             concurrency: 4,
             poll_ms: 1_000,
+            keep_delivered_secs: 7 * 86_400,
         }
     }
 }
@@ -666,4 +670,13 @@ pub(super) fn next_due(conn: &Connection, sink: &str) -> Result<Option<i64>, Inc
              WHERE state = 'pending' AND sink = ?1",
         )?
         .query_row([sink], |r| r.get::<_, Option<i64>>(0))?)
+}
+
+/// Deletes rows delivered more than `keep_ms` ago; returns how many.
+pub(super) fn purge_delivered(conn: &mut Connection, keep_ms: u64) -> Result<usize, IncidentError> {
+    let cutoff = now_ms().saturating_sub(i64::try_from(keep_ms).unwrap_or(i64::MAX));
+    Ok(conn.execute(
+        "DELETE FROM incident_outbox WHERE state = 'delivered' AND done_at < ?1",
+        [cutoff],
+    )?)
 }

@@ -941,6 +941,7 @@ fn fast_retry() -> RetryPolicy {
         lease_ms: 0,
         concurrency: 4,
         poll_ms: 50,
+        keep_delivered_secs: 3600,
     }
 }
 
@@ -1906,4 +1907,41 @@ async fn events_recorded_by_another_process_are_found_by_polling() {
     wait_for("the polled delivery", || rx.accepted("/hook") == events).await;
     let report = worker.flush(Duration::from_secs(1)).await.unwrap();
     assert_eq!((report.delivered, report.pending), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_rows_are_deleted_after_their_keeping_time_and_dead_ones_kept() {
+    let good = receiver(0, 0).await;
+    let refusing = receiver(0, 0).await;
+    refusing.state.behaviour.status.store(404, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let mut config = EscalationConfig {
+        sinks: vec![
+            webhook_sink("good", &good.url("/"), None),
+            webhook_sink("refusing", &refusing.url("/"), None),
+        ],
+        retry: fast_retry(),
+    };
+    let store = IncidentStore::open_with_sinks(&path, &config.sinks).unwrap();
+    let worker = DeliveryWorker::start(&store, &config).unwrap();
+    record_ok(&store, &[occurrence("u", "r", Level::High, 0)]);
+    let report = worker.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((report.delivered, report.dead, report.pending), (1, 1, 0));
+    // Kept for an hour: a new worker deletes nothing; kept for no time: the delivered row goes.
+    DeliveryWorker::start(&store, &config)
+        .unwrap()
+        .flush(Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(outbox_counts(&path).outbox_delivered, 1);
+    config.retry.keep_delivered_secs = 0;
+    std::thread::sleep(Duration::from_millis(5));
+    DeliveryWorker::start(&store, &config)
+        .unwrap()
+        .flush(Duration::ZERO)
+        .await
+        .unwrap();
+    let c = outbox_counts(&path);
+    assert_eq!((c.outbox_delivered, c.outbox_dead), (0, 1));
 }
