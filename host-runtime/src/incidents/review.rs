@@ -408,7 +408,9 @@ pub fn list_quarantine(
     check_filter_text(filter.tenant.as_deref(), "the tenant")?;
     check_filter_text(filter.subject.as_deref(), "the subject")?;
     if let Some(id) = &filter.incident_id {
-        check_id(id, "inc", "incident")?;
+        check_id(id, "inc", "incident").map_err(|_| {
+            IncidentError::Invalid(format!("`{}` is not an incident id", shorten(id)))
+        })?;
     }
     let sql = format!(
         "SELECT {QUARANTINE_COLUMNS} FROM incident_quarantine

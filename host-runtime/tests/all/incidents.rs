@@ -683,7 +683,7 @@ fn listings_filter_page_and_refuse_hostile_filters() {
                         ..Default::default()
                     }
                 ),
-                Err(IncidentError::NotFound(_))
+                Err(IncidentError::Invalid(_))
             ));
             Ok(())
         })
@@ -1944,4 +1944,14 @@ async fn delivered_rows_are_deleted_after_their_keeping_time_and_dead_ones_kept(
         .unwrap();
     let c = outbox_counts(&path);
     assert_eq!((c.outbox_delivered, c.outbox_dead), (0, 1));
+}
+
+#[test]
+fn the_store_and_the_worker_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Send>() {}
+    shared::<IncidentStore>();
+    shared::<EscalationConfig>();
+    sent::<DeliveryWorker>();
+    sent::<IncidentError>();
 }
