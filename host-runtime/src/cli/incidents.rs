@@ -18,6 +18,9 @@ use crate::store::StoreSpec;
 pub enum IncidentsCommand {
     /// List incidents, newest first (reviewer, auditor or admin).
     List(ListArgs),
+    /// Print one incident with its comments and quarantined items, as JSON (reviewer, auditor
+    /// or admin).
+    Show(ShowArgs),
     /// Write incidents and detections as OCSF-style JSON Lines for a SIEM (auditor or admin).
     Export(ExportArgs),
 }
@@ -39,6 +42,14 @@ pub struct ListArgs {
     /// Print JSON (one page, with `next_cursor`) instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    at: Access,
+    /// The incident's id (`inc_…`).
+    id: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +85,7 @@ fn parse_status(s: &str) -> Result<IncidentStatus, String> {
 pub fn run(command: IncidentsCommand) -> Result<ExitCode> {
     match command {
         IncidentsCommand::List(args) => list(args),
+        IncidentsCommand::Show(args) => show(args),
         IncidentsCommand::Export(args) => export(args),
     }
 }
@@ -125,6 +137,21 @@ fn list(args: ListArgs) -> Result<ExitCode> {
     if page.next_cursor.is_some() {
         outln!("(more: raise --limit or use --json for the cursor)");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(args: ShowArgs) -> Result<ExitCode> {
+    let (registry, session) = args.at.session()?;
+    registry.authorize(
+        &session,
+        &[Role::Reviewer, Role::Auditor, Role::Admin],
+        "read incidents",
+    )?;
+    let db = args.at.db();
+    let store =
+        IncidentStore::open(&db).with_context(|| format!("cannot open `{}`", db.display()))?;
+    let detail = store.with_conn(|conn| incidents::get_incident(conn, &args.id))?;
+    outln!("{}", serde_json::to_string_pretty(&detail)?);
     Ok(ExitCode::SUCCESS)
 }
 

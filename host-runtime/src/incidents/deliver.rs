@@ -61,6 +61,23 @@ struct Shared {
 /// Sends the outbox of an [`IncidentStore`]'s database to the configured sinks until flushed.
 /// Started inside a tokio runtime; dropping it stops it at once (as a crash would: its leases
 /// run out and the rows become due for the next worker).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use host_runtime::incidents::{DeliveryWorker, EscalationConfig, IncidentError, IncidentStore};
+/// # async fn demo() -> Result<(), IncidentError> {
+/// let config: EscalationConfig = serde_json::from_str(
+///     r#"{"sinks": [{"type": "slack", "url": "https://hooks.slack.com/services/…"}]}"#,
+/// )
+/// .map_err(|e| IncidentError::Config(e.to_string()))?;
+/// let db = std::path::Path::new(".sigil/sigil.db");
+/// let store = IncidentStore::open_with_sinks(db, &config.sinks)?;
+/// let worker = DeliveryWorker::start(&store, &config)?;
+/// // … serve; on shutdown:
+/// let report = worker.flush(Duration::from_secs(10)).await?;
+/// eprintln!("{} events left for the next start", report.pending);
+/// # Ok(()) }
+/// ```
 pub struct DeliveryWorker {
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
