@@ -43,6 +43,7 @@
 mod deliver;
 mod outbox;
 mod review;
+mod seal;
 mod siem;
 mod store;
 
@@ -65,6 +66,7 @@ pub use review::{
     list_quarantine, pending_audit, record_pending_audit, reject, release, resolve, reviewed,
     view_quarantined, Counts, ErasedSubject, Released, Reviewer,
 };
+pub use seal::QuarantineKey;
 pub use siem::{export_jsonl, ExportCounts, OCSF_VERSION};
 pub use store::{init_in, record_in};
 
@@ -437,6 +439,7 @@ pub struct IncidentStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     sinks: Vec<String>,
+    key: Option<QuarantineKey>,
     wake: Mutex<Option<tokio::sync::watch::Sender<u64>>>,
 }
 
@@ -459,8 +462,21 @@ impl IncidentStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             sinks: names,
+            key: None,
             wake: Mutex::new(None),
         })
+    }
+
+    /// The same store, sealing the contexts it quarantines with `key` (reviewers then need the
+    /// key to view or release them: [`release`], [`view_quarantined`]).
+    pub fn with_quarantine_key(mut self, key: QuarantineKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// The key quarantined contexts are sealed with, if any.
+    pub fn quarantine_key(&self) -> Option<&QuarantineKey> {
+        self.key.as_ref()
     }
 
     /// The database file.
@@ -483,7 +499,7 @@ impl IncidentStore {
     ) -> Result<Vec<Result<Recorded, IncidentError>>, IncidentError> {
         let results = self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let results = record_in(&tx, batch, window, &self.sinks)?;
+            let results = record_in(&tx, batch, window, &self.sinks, self.key.as_ref())?;
             tx.commit()?;
             Ok(results)
         })?;

@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::seal::{self, QuarantineKey};
 use super::store::{
     incident_by_id, incident_row, quarantine_row, rank, INCIDENT_COLUMNS, QUARANTINE_COLUMNS,
 };
@@ -462,7 +463,11 @@ fn quarantine_item(conn: &Connection, id: &str) -> Result<QuarantineItem, Incide
     }
 }
 
-fn held_context(conn: &Connection, item: &QuarantineItem) -> Result<Box<RawValue>, IncidentError> {
+fn held_context(
+    conn: &Connection,
+    item: &QuarantineItem,
+    key: Option<&QuarantineKey>,
+) -> Result<Box<RawValue>, IncidentError> {
     if item.status != QuarantineStatus::Held {
         return Err(IncidentError::Conflict(format!(
             "item {} is {} already",
@@ -480,6 +485,7 @@ fn held_context(conn: &Connection, item: &QuarantineItem) -> Result<Box<RawValue
         .flatten();
     let text = text
         .ok_or_else(|| IncidentError::Corrupt(format!("held item {} has no context", item.id)))?;
+    let text = seal::open(text, &item.id, key)?;
     if sha256_hex(text.as_bytes()) != item.context_sha256 {
         return Err(IncidentError::Corrupt(format!(
             "the context of item {} does not match its digest",
@@ -532,12 +538,14 @@ fn decide(
     Ok((quarantine_item(conn, &item.id)?, vec![e]))
 }
 
-/// Releases a held item and hands back the decision context it was held with. Conflict when
+/// Releases a held item and hands back the decision context it was held with (opened with
+/// `key` when it was sealed; without the right key, invalid and nothing changes). Conflict when
 /// it was released or rejected already.
 pub fn release(
     conn: &Connection,
     id: &str,
     reason: Option<&str>,
+    key: Option<&QuarantineKey>,
     by: Reviewer<'_>,
     now: Timestamp,
 ) -> Result<(Released, Vec<NewEntry>), IncidentError> {
@@ -546,7 +554,7 @@ pub fn release(
         check_note(reason, "the reason")?;
     }
     let item = quarantine_item(conn, id)?;
-    let context = held_context(conn, &item)?;
+    let context = held_context(conn, &item, key)?;
     let (item, entries) = decide(conn, &item, QuarantineStatus::Released, reason, &by, now)?;
     Ok((Released { item, context }, entries))
 }
@@ -573,11 +581,13 @@ pub fn reject(
     decide(conn, &item, QuarantineStatus::Rejected, reason, &by, now)
 }
 
-/// A held item's context, for a reviewer who gives a reason; the reading is audited.
+/// A held item's context (opened with `key` when it was sealed), for a reviewer who gives a
+/// reason; the reading is audited.
 pub fn view_quarantined(
     conn: &Connection,
     id: &str,
     reason: &str,
+    key: Option<&QuarantineKey>,
     by: Reviewer<'_>,
     now: Timestamp,
 ) -> Result<(Box<RawValue>, Vec<NewEntry>), IncidentError> {
@@ -589,7 +599,7 @@ pub fn view_quarantined(
     }
     check_note(reason, "the reason")?;
     let item = quarantine_item(conn, id)?;
-    let context = held_context(conn, &item)?;
+    let context = held_context(conn, &item, key)?;
     let mut e = entry(
         now,
         EntryKind::Quarantine,

@@ -9,6 +9,7 @@ use guard_core::{Action, Level};
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 
 use super::outbox::{self, EventKind};
+use super::seal::QuarantineKey;
 use super::{
     check_text_id, new_id, now_ms, shorten, time_text, Incident, IncidentError, IncidentStatus,
     Occurrence, OccurrenceKind, QuarantineItem, QuarantineStatus, Recorded, MAX_BATCH,
@@ -326,7 +327,8 @@ fn check(occurrence: &Occurrence) -> Result<(String, Option<String>), IncidentEr
 }
 
 /// [`super::IncidentStore::record`] inside the caller's transaction (which must be
-/// `BEGIN IMMEDIATE`, or grouping could race another writer): events are queued for `sinks`.
+/// `BEGIN IMMEDIATE`, or grouping could race another writer): events are queued for `sinks`,
+/// and quarantined contexts sealed with `key` when there is one.
 /// The tables must exist ([`init_in`]). Invalid occurrences get their error at their index and
 /// are skipped; a storage error fails the whole call, and the caller rolls back.
 pub fn record_in(
@@ -334,6 +336,7 @@ pub fn record_in(
     batch: &[Occurrence],
     window: Duration,
     sinks: &[String],
+    key: Option<&QuarantineKey>,
 ) -> Result<Vec<Result<Recorded, IncidentError>>, IncidentError> {
     if batch.len() > MAX_BATCH {
         return Err(IncidentError::Invalid(format!(
@@ -352,6 +355,7 @@ pub fn record_in(
                 context.as_deref(),
                 window,
                 sinks,
+                key,
             )?)),
             Err(e) => results.push(Err(e)),
         }
@@ -366,6 +370,7 @@ fn record_one(
     context: Option<&str>,
     window: i64,
     sinks: &[String],
+    key: Option<&QuarantineKey>,
 ) -> Result<Recorded, IncidentError> {
     let at = o.at.unix_seconds();
     let tenant = o.tenant.as_deref().unwrap_or("");
@@ -487,7 +492,7 @@ fn record_one(
         )?;
     }
     let quarantine_id = match context {
-        Some(context) => Some(hold(conn, o, &incident.id, summary, context, at)?),
+        Some(context) => Some(hold(conn, o, &incident.id, summary, context, at, key)?),
         None => None,
     };
     let created = now_ms();
@@ -526,6 +531,7 @@ fn hold(
     summary: &str,
     context: &str,
     at: i64,
+    key: Option<&QuarantineKey>,
 ) -> Result<String, IncidentError> {
     let id = new_id("qtn")?;
     let action = match &o.kind {
@@ -533,6 +539,10 @@ fn hold(
         OccurrenceKind::TemplateRefusal { .. } => Action::Block,
     };
     let digest = sha256_hex(context.as_bytes());
+    let stored = match key {
+        Some(key) => key.seal(&id, context)?,
+        None => context.to_string(),
+    };
     conn.prepare_cached(
         "INSERT INTO incident_quarantine (id, incident_id, tenant, subject, request_id, level,
              action, held_at, status, context, context_sha256, summary)
@@ -547,7 +557,7 @@ fn hold(
         o.level.as_str(),
         action.as_str(),
         at,
-        context,
+        stored,
         digest,
         summary
     ])?;
