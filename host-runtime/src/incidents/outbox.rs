@@ -316,6 +316,8 @@ pub(super) enum EventKind {
     Escalated,
     /// Its count reached 10, 100, 1000, …
     Repeated,
+    /// A reviewer resolved it (sent to the sinks told of it before).
+    Resolved,
 }
 
 impl EventKind {
@@ -324,6 +326,7 @@ impl EventKind {
             EventKind::Opened => "incident.opened",
             EventKind::Escalated => "incident.escalated",
             EventKind::Repeated => "incident.repeated",
+            EventKind::Resolved => "incident.resolved",
         }
     }
 }
@@ -376,6 +379,7 @@ fn headline(event: &serde_json::Value) -> String {
     let what = match text_at(event, "/type") {
         "incident.escalated" => "escalated to",
         "incident.repeated" => "repeated,",
+        "incident.resolved" => "resolved,",
         _ => "opened,",
     };
     format!(
@@ -441,9 +445,17 @@ fn pagerduty_severity(level: &str) -> &'static str {
     }
 }
 
-/// A PagerDuty Events API v2 `trigger` for an event: `dedup_key` is the incident id, so every
-/// event of one incident (and every retry) lands on one PagerDuty alert.
+/// A PagerDuty Events API v2 `trigger` for an event (a `resolve` for `incident.resolved`):
+/// `dedup_key` is the incident id, so every event of one incident (and every retry) lands on
+/// one PagerDuty alert, which the resolution closes.
 pub fn pagerduty_body(event: &serde_json::Value, routing_key: &str) -> serde_json::Value {
+    if text_at(event, "/type") == "incident.resolved" {
+        return json!({
+            "routing_key": routing_key,
+            "event_action": "resolve",
+            "dedup_key": text_at(event, "/incident/id"),
+        });
+    }
     let summary: String = headline(event).chars().take(1024).collect();
     json!({
         "routing_key": routing_key,
@@ -488,7 +500,41 @@ pub(super) fn insert(
         body,
         now
     ])?;
+    // The sinks told of an incident are told of its resolution, even after its rows are gone.
+    conn.prepare_cached(
+        "INSERT INTO incident_notified (incident_id, sink) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![incident_id, sink])?;
     Ok(())
+}
+
+/// Queues an `incident.resolved` event for every sink told of the incident before; returns
+/// the event id when there was one.
+pub(super) fn queue_resolved(
+    conn: &Connection,
+    incident: &Incident,
+) -> Result<Option<String>, IncidentError> {
+    let sinks: Vec<String> = conn
+        .prepare_cached("SELECT sink FROM incident_notified WHERE incident_id = ?1 ORDER BY sink")?
+        .query_map([&incident.id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if sinks.is_empty() {
+        return Ok(None);
+    }
+    let event_id = super::new_id("evt")?;
+    let body = event_body(&event_id, EventKind::Resolved, incident);
+    for sink in &sinks {
+        insert(
+            conn,
+            &event_id,
+            sink,
+            &incident.id,
+            EventKind::Resolved,
+            &body,
+            now_ms(),
+        )?;
+    }
+    Ok(Some(event_id))
 }
 
 /// A claimed row.

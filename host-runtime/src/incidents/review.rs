@@ -182,8 +182,9 @@ pub fn assign(
     ))
 }
 
-/// Resolves an incident that is open or acknowledged, with an optional note. Conflict when it
-/// is resolved already. A repeat after this opens a new incident.
+/// Resolves an incident that is open or acknowledged, with an optional note, and queues an
+/// `incident.resolved` event for the sinks told of it (PagerDuty closes its alert). Conflict
+/// when it is resolved already. A repeat after this opens a new incident.
 pub fn resolve(
     conn: &Connection,
     id: &str,
@@ -217,7 +218,9 @@ pub fn resolve(
         e.digests
             .insert("resolution".into(), sha256_hex(note.as_bytes()));
     }
-    Ok((incident_by_id(conn, id)?, vec![e]))
+    let incident = incident_by_id(conn, id)?;
+    super::outbox::queue_resolved(conn, &incident)?;
+    Ok((incident, vec![e]))
 }
 
 /// Adds a comment to an incident in any state.

@@ -98,6 +98,11 @@ CREATE TABLE IF NOT EXISTS incident_outbox (
     UNIQUE (event_id, sink)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS incident_outbox_due ON incident_outbox (state, sink, due_at);
+CREATE TABLE IF NOT EXISTS incident_notified (
+    incident_id TEXT NOT NULL,
+    sink        TEXT NOT NULL,
+    PRIMARY KEY (incident_id, sink)
+) STRICT;
 CREATE TABLE IF NOT EXISTS incident_audit_queue (
     seq     INTEGER PRIMARY KEY,
     key     TEXT NOT NULL UNIQUE,

@@ -2028,3 +2028,68 @@ fn sealed_contexts_are_unreadable_in_the_database_and_open_only_with_their_key()
         })
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolving_an_incident_tells_the_sinks_that_were_told_of_it() {
+    let rx = receiver(0, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let config = EscalationConfig {
+        sinks: vec![
+            Sink::PagerDuty {
+                name: None,
+                url: Some(Secret::new(rx.url("/pd"))),
+                routing_key: Secret::new("routing-key-2"),
+            },
+            Sink::Slack {
+                name: None,
+                url: Secret::new(rx.url("/slack")),
+            },
+        ],
+        retry: fast_retry(),
+    };
+    let store = IncidentStore::open_with_sinks(&path, &config.sinks).unwrap();
+    let worker = DeliveryWorker::start(&store, &config).unwrap();
+    let id = record_ok(&store, &[occurrence("u", "r", Level::Critical, 0)])[0]
+        .incident_id
+        .clone();
+    // An incident opened while no sink was configured is resolved without a word.
+    let quiet = IncidentStore::open(&path).unwrap();
+    let silent = record_ok(&quiet, &[occurrence("v", "r", Level::High, 0)])[0]
+        .incident_id
+        .clone();
+    wait_for("the opening events", || {
+        outbox_counts(&path).outbox_delivered == 2
+    })
+    .await;
+    store
+        .with_conn(|c| {
+            incidents::resolve(c, &id, Some("fixed"), REVIEWER, at(60))?;
+            incidents::resolve(c, &silent, None, REVIEWER, at(60))?;
+            Ok(())
+        })
+        .unwrap();
+    wait_for("the resolution events", || {
+        outbox_counts(&path).outbox_delivered == 4
+    })
+    .await;
+    worker.flush(Duration::from_secs(1)).await.unwrap();
+    let seen = rx.seen();
+    assert_eq!(seen.len(), 4);
+    let resolve = seen
+        .iter()
+        .find(|s| s.path == "/pd" && s.body["event_action"] == json!("resolve"))
+        .unwrap();
+    assert_eq!(
+        resolve.body,
+        json!({"routing_key": "routing-key-2", "event_action": "resolve", "dedup_key": id})
+    );
+    let slack = seen
+        .iter()
+        .find(|s| s.path == "/slack" && s.event_id == resolve.event_id)
+        .unwrap();
+    assert!(slack.body["text"].as_str().unwrap().contains("resolved"));
+    assert!(seen
+        .iter()
+        .all(|s| !serde_json::to_string(&s.body).unwrap().contains(&silent)));
+}
