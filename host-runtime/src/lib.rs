@@ -14,6 +14,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod incidents;
 pub mod metrics;
 pub mod plot;
 pub mod registry;

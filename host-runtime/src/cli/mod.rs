@@ -13,6 +13,7 @@ mod apikey;
 mod audit;
 mod demo;
 mod eval;
+mod incidents;
 mod keys;
 mod registry;
 mod scan;
@@ -74,6 +75,9 @@ enum Command {
     Users(users::UsersCommand),
     /// Run the main job on the bundled samples: sign a template, verify it, guard prompts.
     Demo(demo::DemoArgs),
+    /// Incidents: list them, export them with detections for a SIEM.
+    #[command(subcommand)]
+    Incidents(incidents::IncidentsCommand),
 }
 
 /// Options shared by commands that run the guard.
@@ -269,6 +273,7 @@ pub fn main() -> ExitCode {
         Command::Identity(command) => registry::identity(command),
         Command::Apikey(command) => apikey::run(command),
         Command::Users(command) => users::run(command),
+        Command::Incidents(command) => incidents::run(command),
     };
     match result {
         Ok(code) => code,

@@ -1072,6 +1072,37 @@ impl Registry {
         ))
     }
 
+    /// As `change_with`, for changes no identity made (the service's own: incidents it opened,
+    /// items it held): `f` writes in the registry's transaction and returns the entries to
+    /// record as `role:system`; nothing is signed when there are none.
+    pub(crate) fn record_unattended<T, E: From<RegistryError>>(
+        &mut self,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, Vec<NewEntry>), E>,
+    ) -> Result<(T, Option<Recorded>), E> {
+        let origin = self.log.origin().to_string();
+        let tx = self
+            .log
+            .connection()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(RegistryError::from)?;
+        check_clock(&tx, now).map_err(E::from)?;
+        let (value, entries) = f(&tx)?;
+        let recorded = if entries.is_empty() {
+            None
+        } else {
+            let (entries, checkpoint) =
+                audit::record_in(&tx, &origin, entries, log_signer).map_err(RegistryError::from)?;
+            Some(Recorded {
+                entries,
+                checkpoint,
+            })
+        };
+        tx.commit().map_err(RegistryError::from)?;
+        Ok((value, recorded))
+    }
+
     /// Checks, against the stored identity, that the session holds one of `roles` (for
     /// operations on data kept outside the registry, such as the behaviour store's).
     pub fn authorize(

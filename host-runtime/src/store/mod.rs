@@ -408,6 +408,16 @@ pub trait ProfileStore: Send + Sync + fmt::Debug {
     /// with nothing left.
     fn purge(&self, now: Timestamp, retention: Retention) -> Result<Purged, StoreError>;
 
+    /// Up to `limit` detections of every user recorded at or after `since`, whose row id is
+    /// greater than `after`, in id order with their ids (a SIEM export pages by passing the last
+    /// id back).
+    fn detections_since(
+        &self,
+        since: Timestamp,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, DetectionRecord)>, StoreError>;
+
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 }

@@ -15,9 +15,9 @@ use postgres::{Client, Config, NoTls};
 use super::pool::{self, Pool};
 use super::{
     detection_record, digests_json, findings_json, next_revision, profile_value, pseudonym_with,
-    revision, stored_profile, tenant_from_column, time_text, update_with, Erased, Export,
-    ExportedProfile, ProfileKey, ProfileStore, Purged, Retention, StoreError, StoredProfile,
-    Update, UpdateFn, Updated,
+    revision, stored_profile, tenant_from_column, time_text, update_with, DetectionRecord, Erased,
+    Export, ExportedProfile, ProfileKey, ProfileStore, Purged, Retention, StoreError,
+    StoredProfile, Update, UpdateFn, Updated,
 };
 
 const SCHEMA_VERSION: &str = "1";
@@ -422,6 +422,41 @@ impl ProfileStore for PostgresStore {
                 profiles,
                 subjects,
             })
+        })
+    }
+
+    fn detections_since(
+        &self,
+        since: Timestamp,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, DetectionRecord)>, StoreError> {
+        self.pool.with(|c| {
+            c.0.query(
+                "SELECT id, at, tenant, subject, level, action, score, findings, digests, excerpt
+                 FROM behaviour_detections WHERE at >= $1 AND id > $2 ORDER BY id LIMIT $3",
+                &[&since.unix_seconds(), &after, &i64::from(limit)],
+            )?
+            .into_iter()
+            .map(|row| {
+                let findings: String = row.try_get(7)?;
+                let digests: String = row.try_get(8)?;
+                Ok((
+                    row.try_get(0)?,
+                    detection_record(
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                        row.try_get(6)?,
+                        &findings,
+                        &digests,
+                        row.try_get(9)?,
+                    )?,
+                ))
+            })
+            .collect()
         })
     }
 

@@ -10,9 +10,9 @@ use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use super::pool::{self, Pool};
 use super::{
     detection_record, digests_json, findings_json, next_revision, profile_value, pseudonym_with,
-    revision, stored_profile, tenant_from_column, time_text, update_with, Erased, Export,
-    ExportedProfile, ProfileKey, ProfileStore, Purged, Retention, StoreError, StoredProfile,
-    Update, UpdateFn, Updated,
+    revision, stored_profile, tenant_from_column, time_text, update_with, DetectionRecord, Erased,
+    Export, ExportedProfile, ProfileKey, ProfileStore, Purged, Retention, StoreError,
+    StoredProfile, Update, UpdateFn, Updated,
 };
 
 const SCHEMA_VERSION: &str = "1";
@@ -427,6 +427,50 @@ impl ProfileStore for SqliteStore {
                 profiles: profiles as u64,
                 subjects: subjects as u64,
             })
+        })
+    }
+
+    fn detections_since(
+        &self,
+        since: Timestamp,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, DetectionRecord)>, StoreError> {
+        self.pool.with(|c| {
+            let mut statement = c.0.prepare_cached(
+                "SELECT id, at, tenant, subject, level, action, score, findings, digests, excerpt
+                 FROM behaviour_detections WHERE at >= ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = statement
+                .query_map(params![since.unix_seconds(), after, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        (
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                            r.get::<_, f64>(6)?,
+                            r.get::<_, String>(7)?,
+                            r.get::<_, String>(8)?,
+                            r.get::<_, Option<String>>(9)?,
+                        ),
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(
+                    |(id, (at, t, s, level, action, score, findings, digests, excerpt))| {
+                        Ok((
+                            id,
+                            detection_record(
+                                at, t, s, level, action, score, &findings, &digests, excerpt,
+                            )?,
+                        ))
+                    },
+                )
+                .collect()
         })
     }
 

@@ -14,6 +14,7 @@ mod cli;
 mod config;
 mod deploy;
 mod engine;
+mod incidents;
 mod registry;
 mod service;
 mod service_api;
