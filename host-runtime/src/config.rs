@@ -514,6 +514,11 @@ pub struct Escalation {
     pub retry_cap: Span,
     /// A message not delivered this long after its event is given up (24 h).
     pub retry_max_age: Span,
+    /// How long one delivery attempt may take (10 s).
+    pub attempt_timeout: Span,
+    /// How long a claimed delivery stays claimed before another worker may take it over, after a
+    /// crash (1 min; at least twice the attempt timeout plus a second is used).
+    pub lease: Span,
 }
 
 impl Default for Escalation {
@@ -523,6 +528,8 @@ impl Default for Escalation {
             retry_base: Span(Duration::from_secs(1)),
             retry_cap: Span(Duration::from_secs(300)),
             retry_max_age: Span(Duration::from_secs(86_400)),
+            attempt_timeout: Span(Duration::from_secs(10)),
+            lease: Span(Duration::from_secs(60)),
         }
     }
 }
@@ -759,7 +766,7 @@ pub enum EnvKind {
 }
 
 /// Every key that an environment variable can override, with what its value is.
-pub const ENV_KEYS: [(&str, EnvKind); 30] = [
+pub const ENV_KEYS: [(&str, EnvKind); 32] = [
     ("listen", EnvKind::Text),
     ("metrics_listen", EnvKind::Text),
     ("data_dir", EnvKind::Text),
@@ -775,6 +782,8 @@ pub const ENV_KEYS: [(&str, EnvKind); 30] = [
     ("escalation.retry_base", EnvKind::Text),
     ("escalation.retry_cap", EnvKind::Text),
     ("escalation.retry_max_age", EnvKind::Text),
+    ("escalation.attempt_timeout", EnvKind::Text),
+    ("escalation.lease", EnvKind::Text),
     ("telemetry.log_format", EnvKind::Text),
     ("telemetry.log_level", EnvKind::Text),
     ("telemetry.log_prompts", EnvKind::Bool),
@@ -1023,6 +1032,9 @@ impl ServiceConfig {
                 "escalation.retry_cap",
                 "at least escalation.retry_base",
             ));
+        }
+        if e.attempt_timeout.duration() < Duration::from_millis(1) {
+            return Err(invalid("escalation.attempt_timeout", "at least 1ms"));
         }
         if e.retry_max_age.duration() < Duration::from_secs(1) {
             return Err(invalid("escalation.retry_max_age", "at least 1s"));

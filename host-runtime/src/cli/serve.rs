@@ -12,13 +12,66 @@ use anyhow::{Context as _, Result};
 
 use super::registry::{create_secret, fill_secret, Access as LocalAccess};
 use super::GuardOptions;
-use crate::config::{ServiceConfig, StoreSetting};
+use crate::config::{ServiceConfig, SinkConfig, SinkKind, StoreSetting};
+use crate::incidents::{
+    self, DeliveryObserver, DeliveryWorker, EscalationConfig, IncidentStore, QuarantineKey,
+    RetryPolicy, Secret, Sink,
+};
 use crate::registry::Registry;
-use crate::service::{app, Access, AppState, RequestLimits};
+use crate::service::{app, Access, AppState, IncidentDesk, RequestLimits};
 use crate::signer::SignerSpec;
 use crate::store::{self, Behaviour, ProfileStore, Retention, StoreSpec};
 use crate::telemetry::emf::EmfWriter;
-use crate::telemetry::{logging, Metrics};
+use crate::telemetry::{logging, Metrics, StoreGauges};
+
+/// How often automatic incident changes are recorded in the audit log, and the store's gauges
+/// read.
+const PUMP_EVERY: Duration = Duration::from_secs(2);
+
+/// How long a stopping service keeps delivering what is due.
+const FLUSH_WITHIN: Duration = Duration::from_secs(10);
+
+/// The escalation settings of the configuration, as the delivery worker takes them.
+fn escalation(config: &crate::config::Escalation) -> Result<EscalationConfig> {
+    let secret = |s: &Option<crate::config::Secret>| s.as_ref().map(|s| Secret::new(s.expose()));
+    let sinks = config
+        .sinks
+        .iter()
+        .map(|sink: &SinkConfig| {
+            let name = sink.name.clone();
+            let url = secret(&sink.url);
+            Ok(match sink.kind {
+                SinkKind::Webhook => Sink::Webhook {
+                    name,
+                    url: url.ok_or_else(|| anyhow::anyhow!("a webhook sink needs a `url`"))?,
+                    secret: secret(&sink.secret),
+                },
+                SinkKind::Slack => Sink::Slack {
+                    name,
+                    url: url.ok_or_else(|| anyhow::anyhow!("a slack sink needs a `url`"))?,
+                },
+                SinkKind::Pagerduty => Sink::PagerDuty {
+                    name,
+                    url,
+                    routing_key: secret(&sink.routing_key)
+                        .ok_or_else(|| anyhow::anyhow!("a pagerduty sink needs a `routing_key`"))?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let retry = RetryPolicy {
+        base_ms: ms(config.retry_base.duration()),
+        cap_ms: ms(config.retry_cap.duration()),
+        max_age_secs: config.retry_max_age.duration().as_secs(),
+        attempt_timeout_ms: ms(config.attempt_timeout.duration()),
+        lease_ms: ms(config.lease.duration()),
+        ..RetryPolicy::default()
+    };
+    let escalation = EscalationConfig { sinks, retry };
+    escalation.check()?;
+    Ok(escalation)
+}
 
 /// The file the first admin key is written to.
 pub const FIRST_ADMIN_KEY_FILE: &str = "admin.token";
@@ -110,7 +163,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let (engine, _) = args.guard.engine_with(config.limits.engine_limits())?;
     let engine = Arc::new(engine);
     // Every instance is made before the first call, so no call waits for one.
-    let instances = engine.warm().context("cannot start the guard's instances")?;
+    let instances = engine
+        .warm()
+        .context("cannot start the guard's instances")?;
     tracing::info!(instances, "guard instances ready");
     let limits = RequestLimits {
         max_body: config.limits.max_body_bytes.as_usize(),
@@ -137,7 +192,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         Some(spec) => {
             let store =
                 store::open(spec).with_context(|| format!("cannot open the store `{spec}`"))?;
-            let in_registry = matches!(spec, StoreSpec::Sqlite(path) if super::users::same_file(path, &db));
+            let in_registry =
+                matches!(spec, StoreSpec::Sqlite(path) if super::users::same_file(path, &db));
             eprintln!("sigil keeps behaviour profiles in {spec}");
             state = state.with_behaviour(
                 Behaviour {
@@ -160,17 +216,47 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     } else {
         None
     };
+    let escalation = escalation(&config.escalation)?;
+    let incident_store = Arc::new(
+        IncidentStore::open_with_sinks(&db, &escalation.sinks)
+            .with_context(|| format!("cannot open the incident store in `{}`", db.display()))?,
+    );
+    // What a reviewer releases is the user's own input: it is sealed at rest.
+    let key = QuarantineKey::load_or_create(&data_dir.join("keys/quarantine.key"))?;
+    let desk = Arc::new(IncidentDesk::new(
+        incident_store.clone(),
+        config.incidents.group_window.duration(),
+        Some(key),
+    )?);
+    state = state.with_incidents(desk.clone());
+    let pump_state = state.clone();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let observed = metrics.clone();
+    let observer: DeliveryObserver =
+        Arc::new(move |sink, outcome| observed.delivery(sink, outcome));
+    let worker = {
+        let _entered = runtime.enter();
+        DeliveryWorker::start_observed(&incident_store, &escalation, Some(observer))?
+    };
+    let pump = runtime.spawn(pump_periodically(
+        pump_state,
+        incident_store.clone(),
+        metrics.clone(),
+        fixed_now.clone(),
+    ));
     if let Some(store) = store {
         runtime.spawn(purge_periodically(
             store,
             config.retention.store_retention(),
             config.retention.purge_every.duration(),
-            fixed_now,
+            fixed_now.clone(),
         ));
     }
     let listen = config.listen.as_str().to_string();
-    let metrics_listen = config.metrics_listen.as_ref().map(|l| l.as_str().to_string());
+    let metrics_listen = config
+        .metrics_listen
+        .as_ref()
+        .map(|l| l.as_str().to_string());
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen.as_str())
             .await
@@ -200,6 +286,22 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             .await
             .context("server failed")
     })?;
+    // Calls are answered; what they queued is stored, then delivered while there is time.
+    desk.close();
+    pump.abort();
+    let flushed = runtime.block_on(worker.flush(FLUSH_WITHIN));
+    match flushed {
+        Ok(report) if report.pending > 0 => eprintln!(
+            "sigil stopped with {} escalation events still to deliver (the next start sends them)",
+            report.pending
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "the last deliveries failed"),
+    }
+    let now = fixed_now.clone().unwrap_or_else(super::now_utc);
+    if let Err(e) = record_audit(&runtime_state_access(&local)?, &now) {
+        tracing::error!(error = %e, "the last incident changes could not be recorded in the audit log");
+    }
     // In-flight requests had their chance; do not wait forever on stuck connections.
     runtime.shutdown_timeout(Duration::from_secs(10));
     if let Some(emf) = emf {
@@ -208,6 +310,80 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The registry again, for the last audit pump after the service stopped.
+fn runtime_state_access(local: &LocalAccess) -> Result<Access> {
+    let db = local.db();
+    let registry =
+        Registry::open(&db).with_context(|| format!("cannot open `{}`", db.display()))?;
+    Ok(Access::new(registry, local.log_signer()?))
+}
+
+/// Records the automatic incident changes not yet in the audit log.
+fn record_audit(access: &Access, now: &str) -> Result<usize> {
+    let now = guard_core::time::Timestamp::parse(now)?;
+    Ok(access
+        .with_registry(|registry, signer| {
+            incidents::record_pending_audit(registry, now, signer, 10_000).map_err(Into::into)
+        })
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?)
+}
+
+/// Every [`PUMP_EVERY`]: records automatic incident changes in the audit log, and reads the
+/// incident and outbox gauges.
+async fn pump_periodically(
+    state: AppState,
+    store: Arc<IncidentStore>,
+    metrics: Arc<Metrics>,
+    fixed_now: Option<String>,
+) {
+    let mut interval = tokio::time::interval(PUMP_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = fixed_now.clone().unwrap_or_else(super::now_utc);
+        let (state, store, metrics) = (state.clone(), store.clone(), metrics.clone());
+        let done = tokio::task::spawn_blocking(move || -> Result<()> {
+            state
+                .access()
+                .with_registry(|registry, signer| {
+                    let now = guard_core::time::Timestamp::parse(&now).map_err(|e| {
+                        crate::service::AppError::from(crate::registry::RegistryError::Invalid(
+                            e.to_string(),
+                        ))
+                    })?;
+                    incidents::record_pending_audit(registry, now, signer, 10_000)?;
+                    Ok(())
+                })
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let now = guard_core::time::Timestamp::parse(&now)?;
+            let counts = store.with_conn(|conn| incidents::counts(conn, now))?;
+            let mut open = [0u64; 5];
+            for (slot, level) in open.iter_mut().zip(guard_core::Level::ALL) {
+                *slot = counts
+                    .open_by_level
+                    .get(level.as_str())
+                    .copied()
+                    .unwrap_or(0);
+            }
+            metrics.set_store_gauges(&StoreGauges {
+                incidents_open: open,
+                incidents_unacknowledged: counts.unacknowledged,
+                oldest_unacknowledged: Duration::from_secs(
+                    counts.oldest_unacknowledged_seconds.unwrap_or(0),
+                ),
+                outbox_depth: counts.outbox_pending,
+            });
+            Ok(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "incident bookkeeping failed"),
+            Err(e) => tracing::error!(error = %e, "incident bookkeeping failed"),
+        }
+    }
 }
 
 /// Runs the retention purge now and every `every`; failures are logged and retried at the next

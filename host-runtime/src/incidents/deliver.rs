@@ -56,7 +56,11 @@ struct Shared {
     delivered: AtomicU64,
     dead: AtomicU64,
     retried: AtomicU64,
+    observer: Option<DeliveryObserver>,
 }
+
+/// Told of every settled attempt: the sink's name and how it ended (for metrics).
+pub type DeliveryObserver = Arc<dyn Fn(&str, crate::telemetry::DeliveryOutcome) + Send + Sync>;
 
 /// Sends the outbox of an [`IncidentStore`]'s database to the configured sinks until flushed.
 /// Started inside a tokio runtime; dropping it stops it at once (as a crash would: its leases
@@ -97,6 +101,15 @@ impl DeliveryWorker {
     /// per sink of `config`, on the current tokio runtime. Pending rows of sinks no longer
     /// configured are marked dead. Events recorded through `store` wake the worker at once.
     pub fn start(store: &IncidentStore, config: &EscalationConfig) -> Result<Self, IncidentError> {
+        Self::start_observed(store, config, None)
+    }
+
+    /// As [`DeliveryWorker::start`], telling `observer` how each attempt ended.
+    pub fn start_observed(
+        store: &IncidentStore,
+        config: &EscalationConfig,
+        observer: Option<DeliveryObserver>,
+    ) -> Result<Self, IncidentError> {
         config.check()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             IncidentError::Worker("the delivery worker needs a tokio runtime".into())
@@ -120,6 +133,7 @@ impl DeliveryWorker {
             delivered: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            observer,
         });
         let (wake_tx, wake_rx) = watch::channel(0u64);
         store.set_waker(wake_tx);
@@ -326,6 +340,12 @@ async fn purge_periodically(shared: Arc<Shared>, mut mode: watch::Receiver<Mode>
     }
 }
 
+fn observe(shared: &Shared, sink: &Sink, outcome: crate::telemetry::DeliveryOutcome) {
+    if let Some(observer) = &shared.observer {
+        observer(sink.name(), outcome);
+    }
+}
+
 async fn settle(shared: &Arc<Shared>, sink: &Sink, row: Claimed, outcome: Outcome) {
     let policy = shared.policy;
     let event_id = row.event_id.clone();
@@ -339,9 +359,11 @@ async fn settle(shared: &Arc<Shared>, sink: &Sink, row: Claimed, outcome: Outcom
     {
         Ok("delivered") => {
             shared.delivered.fetch_add(1, Ordering::Relaxed);
+            observe(shared, sink, crate::telemetry::DeliveryOutcome::Delivered);
         }
         Ok("dead") => {
             shared.dead.fetch_add(1, Ordering::Relaxed);
+            observe(shared, sink, crate::telemetry::DeliveryOutcome::Dead);
             eprintln!(
                 "escalation: sink `{}` event {event_id}: given up after {attempts} attempts ({})",
                 sink.name(),
@@ -350,6 +372,7 @@ async fn settle(shared: &Arc<Shared>, sink: &Sink, row: Claimed, outcome: Outcom
         }
         Ok(_) => {
             shared.retried.fetch_add(1, Ordering::Relaxed);
+            observe(shared, sink, crate::telemetry::DeliveryOutcome::Retry);
             eprintln!(
                 "escalation: sink `{}` event {event_id}: attempt {attempts} failed ({}); will retry",
                 sink.name(),

@@ -56,7 +56,7 @@ use guard_core::{Action, Level};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-pub use deliver::{DeliveryWorker, FlushReport};
+pub use deliver::{DeliveryObserver, DeliveryWorker, FlushReport};
 pub use outbox::{
     pagerduty_body, slack_body, EscalationConfig, RetryPolicy, Secret, Sink, DEFAULT_PAGERDUTY_URL,
     EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,

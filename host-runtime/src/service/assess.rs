@@ -112,7 +112,10 @@ fn assess_one(state: &AppState, input: &AssessmentInput, now: &str) -> Result<St
         None => {
             let plain = serde_json::to_string(input)
                 .map_err(|_| AppError::internal("the request could not be encoded"))?;
-            state.engine.assess_json(&plain).map_err(AssessError::Engine)
+            state
+                .engine
+                .assess_json(&plain)
+                .map_err(AssessError::Engine)
         }
     };
     noted(state, answer)

@@ -10,6 +10,7 @@ mod access;
 mod assess;
 mod body;
 mod error;
+mod incidents;
 pub mod journal;
 mod outcome;
 mod registry;
@@ -30,6 +31,7 @@ use tokio::sync::Semaphore;
 
 pub use access::{Access, SESSION_TTL};
 pub use error::AppError;
+pub use incidents::IncidentDesk;
 pub use outcome::{Call, Endpoint, Kept, Outcome};
 pub use templates::TEMPLATE_TTL;
 
@@ -92,6 +94,8 @@ pub struct AppState {
     behaviour_in_registry: bool,
     templates: Arc<TemplateCache>,
     metrics: Arc<Metrics>,
+    /// Where incidents and quarantined items are kept, when the service keeps them.
+    incidents: Option<Arc<IncidentDesk>>,
 }
 
 impl AppState {
@@ -116,13 +120,26 @@ impl AppState {
             behaviour_in_registry: false,
             templates: Arc::new(TemplateCache::default()),
             metrics: Arc::new(Metrics::new(LabelLimits::default())),
+            incidents: None,
         }
+    }
+
+    /// The same state opening incidents for `high` and `critical` calls and template refusals,
+    /// and holding quarantined items for review.
+    pub fn with_incidents(mut self, desk: Arc<IncidentDesk>) -> Self {
+        self.incidents = Some(desk);
+        self
     }
 
     /// The same state counting into `metrics` (shared with an EMF writer, say).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The registry and keys the service answers for.
+    pub fn access(&self) -> &Arc<Access> {
+        &self.access
     }
 
     /// The metrics the service counts into.
@@ -196,7 +213,10 @@ impl AppState {
             }
             Call::Refused { code, .. } => self.metrics.template_refused(code),
         }
-        Ok(Kept::default())
+        match &self.incidents {
+            Some(desk) => incidents::record(desk, &outcome).await,
+            None => Ok(Kept::default()),
+        }
     }
 }
 
@@ -213,16 +233,18 @@ pub fn app(state: AppState) -> Router {
             (Verb::Post, "/v1/scan") => post(assess::scan),
             (Verb::Post, "/v1/scan/batch") => post(assess::scan_batch),
             (Verb::Post, "/v1/guard") => post(assess::guard),
-            (verb, path) => match registry::handler(verb, path) {
-                Some(handler) => handler,
-                None => match verb {
-                    // Listed but not served: the table and the router disagree, and the
-                    // route answers 501 rather than being left out silently.
-                    Verb::Get => get(not_implemented),
-                    Verb::Post => post(not_implemented),
-                    Verb::Delete => delete(not_implemented),
-                },
-            },
+            (verb, path) => {
+                match registry::handler(verb, path).or_else(|| incidents::handler(verb, path)) {
+                    Some(handler) => handler,
+                    None => match verb {
+                        // Listed but not served: the table and the router disagree, and the
+                        // route answers 501 rather than being left out silently.
+                        Verb::Get => get(not_implemented),
+                        Verb::Post => post(not_implemented),
+                        Verb::Delete => delete(not_implemented),
+                    },
+                }
+            }
         };
         router = router.route(route.path, method);
     }
@@ -309,10 +331,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    state
-        .metrics
-        .set_guard_instances(state.engine.stats().created.load(std::sync::atomic::Ordering::Relaxed)
-            .saturating_sub(state.engine.stats().discarded.load(std::sync::atomic::Ordering::Relaxed)));
+    state.metrics.set_guard_instances(
+        state
+            .engine
+            .stats()
+            .created
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(
+                state
+                    .engine
+                    .stats()
+                    .discarded
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+    );
     let mut out = String::with_capacity(32 << 10);
     state.metrics.render_prometheus(&mut out);
     (

@@ -37,6 +37,9 @@ pub enum UsersError {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The user's incidents and quarantined items could not be cleared; nothing was erased.
+    #[error(transparent)]
+    Incidents(#[from] crate::incidents::IncidentError),
     /// The data was erased in a separate store, but the audit entry could not be recorded.
     #[error("the user's data was erased ({} profiles, {} detections) but the audit entry could not be recorded: {source}", .erased.profiles, .erased.detections)]
     NotRecorded {
@@ -108,6 +111,10 @@ pub fn erase_user(
                 |tx, actor| {
                     sqlite::init_in(tx)?;
                     let erased = sqlite::erase_in(tx, subject, tenant)?;
+                    // Incidents stop naming the user and what they sent leaves quarantine, in
+                    // the same transaction.
+                    crate::incidents::init_in(tx)?;
+                    crate::incidents::erase_subject_in(tx, subject, tenant, now)?;
                     let entry = erase_entry(now, actor, &erased, tenant);
                     Ok::<_, UsersError>((erased, vec![entry]))
                 },
@@ -118,13 +125,27 @@ pub fn erase_user(
         EraseTarget::Store(store) => {
             registry.authorize(session, &[Role::Admin], ACTION)?;
             let erased = store.erase(subject, tenant)?;
-            let recorded =
-                registry.change_with(session, Role::Admin, ACTION, now, log_signer, |_, actor| {
-                    Ok::<_, RegistryError>(((), vec![erase_entry(now, actor, &erased, tenant)]))
-                });
+            let recorded = registry.change_with(
+                session,
+                Role::Admin,
+                ACTION,
+                now,
+                log_signer,
+                |tx, actor| {
+                    crate::incidents::init_in(tx)?;
+                    crate::incidents::erase_subject_in(tx, subject, tenant, now)?;
+                    Ok::<_, UsersError>(((), vec![erase_entry(now, actor, &erased, tenant)]))
+                },
+            );
             match recorded {
                 Ok(((), recorded)) => Ok((erased, recorded)),
-                Err(source) => Err(UsersError::NotRecorded { erased, source }),
+                Err(UsersError::Registry(source)) => {
+                    Err(UsersError::NotRecorded { erased, source })
+                }
+                Err(other) => Err(UsersError::NotRecorded {
+                    erased,
+                    source: RegistryError::Corrupt(other.to_string()),
+                }),
             }
         }
     }

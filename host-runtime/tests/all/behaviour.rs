@@ -1041,10 +1041,21 @@ fn serve_with_a_store_purges_at_start_and_keeps_profiles() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(key.status.success(), "{}", String::from_utf8_lossy(&key.stderr));
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
     let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--now", &later, "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--now",
+            &later,
+            "--data-dir",
+        ])
         .arg(dir.path())
         .args(["--store", &spec_text(&spec)])
         .stdout(Stdio::null())

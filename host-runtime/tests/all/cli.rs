@@ -702,7 +702,11 @@ fn serve_answers_over_http() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(key.status.success(), "{}", String::from_utf8_lossy(&key.stderr));
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
     let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

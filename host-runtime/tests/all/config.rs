@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use guard_core::Level;
-use host_runtime::config::{env_name, ConfigError, ServiceConfig, SinkKind, StoreSetting, ENV_KEYS};
+use host_runtime::config::{
+    env_name, ConfigError, ServiceConfig, SinkKind, StoreSetting, ENV_KEYS,
+};
 use host_runtime::store::StoreSpec;
 use host_runtime::telemetry::emf::EmfTarget;
 use host_runtime::telemetry::logging::LogFormat;
@@ -49,6 +51,8 @@ group_window = "30m"
 retry_base = "2s"
 retry_cap = "10m"
 retry_max_age = "2d"
+attempt_timeout = "5s"
+lease = "2m"
 
 [[escalation.sinks]]
 name = "ops"
@@ -166,6 +170,8 @@ fn a_full_file_sets_every_section() {
     assert_eq!(e.retry_base.duration(), Duration::from_secs(2));
     assert_eq!(e.retry_cap.duration(), Duration::from_secs(600));
     assert_eq!(e.retry_max_age.duration(), Duration::from_secs(2 * 86_400));
+    assert_eq!(e.attempt_timeout.duration(), Duration::from_secs(5));
+    assert_eq!(e.lease.duration(), Duration::from_secs(120));
     assert_eq!(e.sinks.len(), 3);
     assert_eq!(e.sinks[0].name(), "ops");
     assert_eq!(e.sinks[0].kind, SinkKind::Webhook);
@@ -247,7 +253,7 @@ fn the_environment_wins_over_the_file() {
 }
 
 /// A valid value for every overridable key, different from its default.
-const EXAMPLES: [(&str, &str); 30] = [
+const EXAMPLES: [(&str, &str); 32] = [
     ("listen", "127.0.0.1:1"),
     ("metrics_listen", "localhost:9464"),
     ("data_dir", "/srv/sigil"),
@@ -263,6 +269,8 @@ const EXAMPLES: [(&str, &str); 30] = [
     ("escalation.retry_base", "3s"),
     ("escalation.retry_cap", "1h"),
     ("escalation.retry_max_age", "3d"),
+    ("escalation.attempt_timeout", "3s"),
+    ("escalation.lease", "5m"),
     ("telemetry.log_format", "text"),
     ("telemetry.log_level", "debug"),
     ("telemetry.log_prompts", "true"),

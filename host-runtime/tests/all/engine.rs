@@ -56,7 +56,8 @@ fn a_warmed_pool_makes_no_instance_for_concurrent_calls() {
             let e = e.clone();
             std::thread::spawn(move || {
                 for _ in 0..20 {
-                    e.assess_text("What is the capital of France?", NOW).unwrap();
+                    e.assess_text("What is the capital of France?", NOW)
+                        .unwrap();
                 }
             })
         })

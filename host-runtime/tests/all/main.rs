@@ -18,6 +18,7 @@ mod incidents;
 mod registry;
 mod service;
 mod service_api;
+mod service_e2e;
 mod signer_kms;
 mod signer_local;
 mod signer_pkcs11;
