@@ -323,11 +323,11 @@ fn runtime_state_access(local: &LocalAccess) -> Result<Access> {
 /// Records the automatic incident changes not yet in the audit log.
 fn record_audit(access: &Access, now: &str) -> Result<usize> {
     let now = guard_core::time::Timestamp::parse(now)?;
-    Ok(access
+    access
         .with_registry(|registry, signer| {
             incidents::record_pending_audit(registry, now, signer, 10_000).map_err(Into::into)
         })
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?)
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))
 }
 
 /// Every [`PUMP_EVERY`]: records automatic incident changes in the audit log, and reads the

@@ -331,7 +331,8 @@ fn guard_request(
     }
     let mut out = String::with_capacity(template.request.len() + variables.len() + 256);
     out.push_str("{\"template\":");
-    out.push_str(&template.request_at(&context["now"]));
+    let now = context.get("now").cloned().unwrap_or_default();
+    out.push_str(&template.request_at(&now));
     out.push_str(",\"variables_schema\":");
     out.push_str(&template.variables_schema);
     out.push_str(",\"variables\":");

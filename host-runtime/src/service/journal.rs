@@ -21,10 +21,13 @@ pub enum JournalError {
 
 type Reply<R> = oneshot::Sender<Result<R, JournalError>>;
 
+/// The writer's queue: each write with where its answer goes.
+type Queue<T, R> = mpsc::Sender<(T, Reply<R>)>;
+
 /// A writer thread and the queue in front of it.
 pub struct Journal<T, R> {
     /// `None` once closed: no new write is taken.
-    queue: RwLock<Option<mpsc::Sender<(T, Reply<R>)>>>,
+    queue: RwLock<Option<Queue<T, R>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 

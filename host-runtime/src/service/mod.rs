@@ -191,10 +191,10 @@ impl AppState {
                 let mut model_hit = false;
                 for finding in &assessment.findings {
                     match finding.source {
-                        guard_core::FindingSource::Rule => {
-                            if !rules.contains(&finding.id.as_str()) {
-                                rules.push(&finding.id);
-                            }
+                        guard_core::FindingSource::Rule
+                            if !rules.contains(&finding.id.as_str()) =>
+                        {
+                            rules.push(&finding.id);
                         }
                         guard_core::FindingSource::Model => model_hit = true,
                         _ => {}

@@ -359,11 +359,10 @@ pub fn openapi() -> serde_json::Value {
             json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}),
         );
         responses.insert("400".into(), error_response("The request is malformed."));
-        let mut operation = json!({
-            "operationId": operation_id,
-            "summary": route.summary,
-            "parameters": params,
-        });
+        let mut operation = serde_json::Map::new();
+        operation.insert("operationId".into(), json!(operation_id));
+        operation.insert("summary".into(), json!(route.summary));
+        operation.insert("parameters".into(), json!(params));
         match route.roles {
             Some(roles) => {
                 responses.insert(
@@ -374,29 +373,39 @@ pub fn openapi() -> serde_json::Value {
                     "403".into(),
                     error_response("The key's identity lacks every role the endpoint takes."),
                 );
-                operation["security"] = json!([{"apiKey": []}]);
-                operation["x-sigil-roles"] =
-                    json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>());
+                operation.insert("security".into(), json!([{"apiKey": []}]));
+                operation.insert(
+                    "x-sigil-roles".into(),
+                    json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>()),
+                );
             }
             None => {
-                operation["security"] = json!([]);
+                operation.insert("security".into(), json!([]));
                 responses.insert("503".into(), json!({"description": "Not ready."}));
             }
         }
         if let Some(schema) = request_schema(route.verb, route.path) {
-            operation["requestBody"] = json!({
-                "required": true,
-                "content": {"application/json": {"schema": schema_ref(schema)}},
-            });
+            operation.insert(
+                "requestBody".into(),
+                json!({
+                    "required": true,
+                    "content": {"application/json": {"schema": schema_ref(schema)}},
+                }),
+            );
             responses.insert("413".into(), error_response("The body is over the limit."));
             responses.insert("415".into(), error_response("The body is not JSON."));
             responses.insert("422".into(), error_response("Understood but refused: a prompt over its limit, a refused template, a batch too large."));
         }
-        operation["responses"] = serde_json::Value::Object(responses);
-        let entry = paths
+        operation.insert("responses".into(), serde_json::Value::Object(responses));
+        if let serde_json::Value::Object(methods) = paths
             .entry(route.path.to_string())
-            .or_insert_with(|| json!({}));
-        entry[route.verb.as_str()] = operation;
+            .or_insert_with(|| json!({}))
+        {
+            methods.insert(
+                route.verb.as_str().into(),
+                serde_json::Value::Object(operation),
+            );
+        }
     }
     json!({
         "openapi": "3.1.0",

@@ -38,10 +38,13 @@ impl CachedTemplate {
     }
 }
 
-/// Templates by id and version (`None` for the active one).
+/// A template's id and version (`None` for the active one).
+type TemplateKey = (String, Option<u64>);
+
+/// Templates by id and version, with when each was fetched.
 #[derive(Debug, Default)]
 pub struct TemplateCache {
-    entries: RwLock<HashMap<(String, Option<u64>), (Arc<CachedTemplate>, Instant)>>,
+    entries: RwLock<HashMap<TemplateKey, (Arc<CachedTemplate>, Instant)>>,
 }
 
 impl TemplateCache {
