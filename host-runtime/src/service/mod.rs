@@ -47,7 +47,7 @@ pub const DEFAULT_MAX_BODY: usize = 16 << 20;
 pub const DEFAULT_MAX_PROMPT: usize = 1 << 20;
 
 /// Most texts in one `/v1/scan/batch` request by default.
-pub const DEFAULT_MAX_BATCH: usize = 256;
+pub const DEFAULT_MAX_BATCH: usize = 64;
 
 /// How long a client may take to send its request body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
