@@ -396,5 +396,31 @@ url = "http://{}/hook"
     let (status, verified) = http(&addr, "POST", "/v1/audit/verify", Some(&auditor), None);
     assert_eq!(status, 200, "{verified}");
     assert_eq!(verified["intact"], true, "{verified}");
-    drop(service);
+
+    // A second user's attack just before SIGTERM: the service stops cleanly and delivers the
+    // new incident's event before it exits.
+    let mut other = call(attack);
+    other["user"] = json!("u-43");
+    let (status, second) = http(&addr, "POST", "/v1/guard", Some(&scanner), Some(&other));
+    assert_eq!(status, 200, "{second}");
+    let second = second["incident_id"].as_str().unwrap().to_string();
+    assert_ne!(second, incident);
+    let mut service = service;
+    let pid = service.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exited = service.0.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+    assert!(
+        receiver
+            .deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, body)| body["incident"]["id"] == second.as_str()),
+        "the stopping service delivered the last incident"
+    );
 }
