@@ -329,28 +329,9 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
-/// A secret value: shown as `[redacted]` in debug output.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// A secret from its text.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+/// A secret value (a sink's URL, signing key or routing key): shown as `[redacted]` in debug
+/// output. The escalation worker takes the same type.
+pub use crate::incidents::Secret;
 
 /// Where behaviour profiles are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -978,7 +959,7 @@ impl ServiceConfig {
                 let text = lookup(var).ok_or_else(|| {
                     invalid(&key, format!("the variable `{}` is not set", shorten(var)))
                 })?;
-                *value = Some(Secret(text));
+                *value = Some(Secret::new(text));
             }
         }
         Ok(())
@@ -1035,6 +1016,9 @@ impl ServiceConfig {
         }
         if e.attempt_timeout.duration() < Duration::from_millis(1) {
             return Err(invalid("escalation.attempt_timeout", "at least 1ms"));
+        }
+        if e.lease.duration() < Duration::from_secs(1) {
+            return Err(invalid("escalation.lease", "at least 1s"));
         }
         if e.retry_max_age.duration() < Duration::from_secs(1) {
             return Err(invalid("escalation.retry_max_age", "at least 1s"));

@@ -33,7 +33,7 @@ const FLUSH_WITHIN: Duration = Duration::from_secs(10);
 
 /// The escalation settings of the configuration, as the delivery worker takes them.
 fn escalation(config: &crate::config::Escalation) -> Result<EscalationConfig> {
-    let secret = |s: &Option<crate::config::Secret>| s.as_ref().map(|s| Secret::new(s.expose()));
+    let secret = |s: &Option<Secret>| s.clone();
     let sinks = config
         .sinks
         .iter()

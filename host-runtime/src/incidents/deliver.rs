@@ -120,8 +120,9 @@ impl DeliveryWorker {
         let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
         let buried = outbox::bury_unknown_sinks(&mut conn, &names)?;
         if buried > 0 {
-            eprintln!(
-                "escalation: {buried} undelivered events of sinks no longer configured were marked dead"
+            tracing::warn!(
+                events = buried,
+                "escalation: undelivered events of sinks no longer configured were marked dead"
             );
         }
         outbox::purge_delivered(&mut conn, policy.keep_delivered_secs.saturating_mul(1000))?;
@@ -282,7 +283,7 @@ async fn run_sink(
             }
             Ok(_) => {}
             Err(e) => {
-                eprintln!("escalation: sink `{name}`: cannot read the outbox: {e}");
+                tracing::error!(sink = %name, error = %e, "escalation: cannot read the outbox");
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = mode.changed() => {}
@@ -335,7 +336,7 @@ async fn purge_periodically(shared: Arc<Shared>, mut mode: watch::Receiver<Mode>
         }
         if let Err(e) = blocking(&shared, move |conn| outbox::purge_delivered(conn, keep_ms)).await
         {
-            eprintln!("escalation: cannot delete delivered events: {e}");
+            tracing::error!(error = %e, "escalation: cannot delete delivered events");
         }
     }
 }
@@ -364,25 +365,31 @@ async fn settle(shared: &Arc<Shared>, sink: &Sink, row: Claimed, outcome: Outcom
         Ok("dead") => {
             shared.dead.fetch_add(1, Ordering::Relaxed);
             observe(shared, sink, crate::telemetry::DeliveryOutcome::Dead);
-            eprintln!(
-                "escalation: sink `{}` event {event_id}: given up after {attempts} attempts ({})",
-                sink.name(),
-                describe(&reported)
+            tracing::error!(
+                sink = sink.name(),
+                event_id = %event_id,
+                attempts,
+                outcome = %describe(&reported),
+                "escalation: delivery given up"
             );
         }
         Ok(_) => {
             shared.retried.fetch_add(1, Ordering::Relaxed);
             observe(shared, sink, crate::telemetry::DeliveryOutcome::Retry);
-            eprintln!(
-                "escalation: sink `{}` event {event_id}: attempt {attempts} failed ({}); will retry",
-                sink.name(),
-                describe(&reported)
+            tracing::warn!(
+                sink = sink.name(),
+                event_id = %event_id,
+                attempts,
+                outcome = %describe(&reported),
+                "escalation: attempt failed; will retry"
             );
         }
         // The lease runs out and the row is attempted again: at least once, never lost.
-        Err(e) => eprintln!(
-            "escalation: sink `{}` event {event_id}: cannot record the attempt: {e}",
-            sink.name()
+        Err(e) => tracing::error!(
+            sink = sink.name(),
+            event_id = %event_id,
+            error = %e,
+            "escalation: cannot record the attempt; it is made again when its lease runs out"
         ),
     }
 }

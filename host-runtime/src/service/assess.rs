@@ -157,6 +157,36 @@ async fn with_guard<T: Send + 'static>(
         .map_err(|_| AppError::internal("guard call failed"))?
 }
 
+/// One scanned text and what the guard made of it.
+struct Scanned<'a> {
+    input: &'a AssessmentInput,
+    answer: &'a str,
+    assessment: &'a Assessment,
+    assess_time: std::time::Duration,
+}
+
+impl<'a> Scanned<'a> {
+    /// The call's outcome; a reviewer releasing it gets the request and the answer.
+    fn outcome(&self, now: String, request_id: String, started: Instant) -> Outcome<'a> {
+        let answer: serde_json::Value = serde_json::from_str(self.answer).unwrap_or_default();
+        Outcome {
+            endpoint: Endpoint::Scan,
+            tenant: self.input.context.tenant.clone(),
+            subject: self.input.context.user.clone(),
+            now,
+            request_id,
+            call: Call::Assessed {
+                assessment: self.assessment,
+                template: None,
+                context: json!({"request": self.input, "answer": answer}),
+            },
+            verify_time: None,
+            assess_time: Some(self.assess_time),
+            started,
+        }
+    }
+}
+
 /// `POST /v1/scan`: the contract's `{segments, context}`, or `{text, user?, tenant?}` for one
 /// untrusted segment; guard-core's `{assessment, profile}` back.
 pub(super) async fn scan(
@@ -178,22 +208,15 @@ pub(super) async fn scan(
     })
     .await?;
     let (input, assessment, assess_time, now) = assessed;
-    let outcome = Outcome {
-        endpoint: Endpoint::Scan,
-        tenant: input.context.tenant.clone(),
-        subject: input.context.user.clone(),
-        now,
-        request_id: super::request_id(&headers),
-        call: Call::Assessed {
-            assessment: &assessment,
-            template: None,
-            context: json!({"request": input, "answer": serde_json::from_str::<serde_json::Value>(&answer).unwrap_or_default()}),
-        },
-        verify_time: None,
-        assess_time: Some(assess_time),
-        started,
+    let scanned = Scanned {
+        input: &input,
+        answer: &answer,
+        assessment: &assessment,
+        assess_time,
     };
-    let recorded = state.record(outcome).await?;
+    let recorded = state
+        .record(scanned.outcome(now, super::request_id(&headers), started))
+        .await?;
     Ok(json_response(StatusCode::OK, recorded.decorate(answer)))
 }
 
@@ -255,22 +278,16 @@ pub(super) async fn scan_batch(
     for (index, answer) in answers.into_iter().enumerate() {
         match answer {
             Ok((input, answer, assessment, assess_time)) => {
-                let outcome = Outcome {
-                    endpoint: Endpoint::Scan,
-                    tenant: input.context.tenant.clone(),
-                    subject: input.context.user.clone(),
-                    now: now.clone(),
-                    request_id: format!("{request_id}.{index}"),
-                    call: Call::Assessed {
-                        assessment: &assessment,
-                        template: None,
-                        context: json!({"request": input, "answer": serde_json::from_str::<serde_json::Value>(&answer).unwrap_or_default()}),
-                    },
-                    verify_time: None,
-                    assess_time: Some(assess_time),
-                    started,
+                let scanned = Scanned {
+                    input: &input,
+                    answer: &answer,
+                    assessment: &assessment,
+                    assess_time,
                 };
-                let recorded = state.record(outcome).await?;
+                let request_id = format!("{request_id}.{index}");
+                let recorded = state
+                    .record(scanned.outcome(now.clone(), request_id, started))
+                    .await?;
                 results.push(recorded.decorate(answer));
             }
             Err(e) => results.push(e.body_json()),

@@ -18,6 +18,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Extension;
 use guard_core::time::Timestamp;
 use guard_core::{Action, Level};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -342,87 +343,118 @@ struct ReasonRequest {
     reason: String,
 }
 
-async fn acknowledge(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
+/// A reviewer's action on the item `id` with a body of `B`'s shape.
+type ReviewerAction<B> =
+    fn(
+        &rusqlite::Connection,
+        incidents::Reviewer<'_>,
+        Timestamp,
+        Option<&QuarantineKey>,
+        &str,
+        B,
+    ) -> Result<(serde_json::Value, Vec<crate::audit::NewEntry>), IncidentError>;
+
+/// Reads the path's id and the body, then runs `act` as a reviewer's change.
+async fn act<B: DeserializeOwned + Send + 'static>(
+    state: AppState,
+    session: Session,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
+    action: &'static str,
+    act: ReviewerAction<B>,
 ) -> Result<Response, AppError> {
     let id = path_id(id)?;
-    let _: NoteRequest = read_object(&state, &headers, body).await?;
-    reviewed(
-        &state,
+    let request: B = read_object(&state, &headers, body).await?;
+    reviewed(&state, session, action, move |conn, by, now, key| {
+        act(conn, by, now, key, &id, request)
+    })
+    .await
+}
+
+fn value<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+/// The parameters every reviewer action takes.
+type Params = (
+    State<AppState>,
+    Extension<Session>,
+    Result<Path<String>, PathRejection>,
+    HeaderMap,
+);
+
+async fn acknowledge(
+    (State(state), Extension(session), id, headers): Params,
+    body: Body,
+) -> Result<Response, AppError> {
+    act(
+        state,
         session,
+        id,
+        headers,
+        body,
         "acknowledge incidents",
-        move |conn, by, now, _| {
-            let (incident, entries) = incidents::acknowledge(conn, &id, by, now)?;
-            Ok((serde_json::to_value(&incident).unwrap_or_default(), entries))
+        |conn, by, now, _, id, _: NoteRequest| {
+            let (incident, entries) = incidents::acknowledge(conn, id, by, now)?;
+            Ok((value(&incident), entries))
         },
     )
     .await
 }
 
 async fn assign(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    (State(state), Extension(session), id, headers): Params,
     body: Body,
 ) -> Result<Response, AppError> {
-    let id = path_id(id)?;
-    let request: AssignRequest = read_object(&state, &headers, body).await?;
-    reviewed(
-        &state,
+    act(
+        state,
         session,
+        id,
+        headers,
+        body,
         "assign incidents",
-        move |conn, by, now, _| {
-            let (incident, entries) =
-                incidents::assign(conn, &id, request.assignee.as_deref(), by, now)?;
-            Ok((serde_json::to_value(&incident).unwrap_or_default(), entries))
+        |conn, by, now, _, id, r: AssignRequest| {
+            let (incident, entries) = incidents::assign(conn, id, r.assignee.as_deref(), by, now)?;
+            Ok((value(&incident), entries))
         },
     )
     .await
 }
 
 async fn resolve(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    (State(state), Extension(session), id, headers): Params,
     body: Body,
 ) -> Result<Response, AppError> {
-    let id = path_id(id)?;
-    let request: NoteRequest = read_object(&state, &headers, body).await?;
-    reviewed(
-        &state,
+    act(
+        state,
         session,
+        id,
+        headers,
+        body,
         "resolve incidents",
-        move |conn, by, now, _| {
-            let (incident, entries) =
-                incidents::resolve(conn, &id, request.note.as_deref(), by, now)?;
-            Ok((serde_json::to_value(&incident).unwrap_or_default(), entries))
+        |conn, by, now, _, id, r: NoteRequest| {
+            let (incident, entries) = incidents::resolve(conn, id, r.note.as_deref(), by, now)?;
+            Ok((value(&incident), entries))
         },
     )
     .await
 }
 
 async fn comment(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    (State(state), Extension(session), id, headers): Params,
     body: Body,
 ) -> Result<Response, AppError> {
-    let id = path_id(id)?;
-    let request: CommentRequest = read_object(&state, &headers, body).await?;
-    reviewed(
-        &state,
+    act(
+        state,
         session,
+        id,
+        headers,
+        body,
         "comment on incidents",
-        move |conn, by, now, _| {
-            let (comment, entries) = incidents::comment(conn, &id, &request.text, by, now)?;
-            Ok((serde_json::to_value(&comment).unwrap_or_default(), entries))
+        |conn, by, now, _, id, r: CommentRequest| {
+            let (comment, entries) = incidents::comment(conn, id, &r.text, by, now)?;
+            Ok((value(&comment), entries))
         },
     )
     .await
@@ -448,21 +480,19 @@ fn raw_json(raw: &serde_json::value::RawValue) -> serde_json::Value {
 }
 
 async fn view(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    (State(state), Extension(session), id, headers): Params,
     body: Body,
 ) -> Result<Response, AppError> {
-    let id = path_id(id)?;
-    let request: ReasonRequest = read_object(&state, &headers, body).await?;
-    reviewed(
-        &state,
+    act(
+        state,
         session,
+        id,
+        headers,
+        body,
         "read quarantined content",
-        move |conn, by, now, key| {
+        |conn, by, now, key, id, r: ReasonRequest| {
             let (context, entries) =
-                incidents::view_quarantined(conn, &id, &request.reason, key, by, now)?;
+                incidents::view_quarantined(conn, id, &r.reason, key, by, now)?;
             Ok((json!({"id": id, "context": raw_json(&context)}), entries))
         },
     )
@@ -470,40 +500,41 @@ async fn view(
 }
 
 async fn release(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    (State(state), Extension(session), id, headers): Params,
     body: Body,
 ) -> Result<Response, AppError> {
-    let id = path_id(id)?;
-    let request: ReasonRequest = read_object(&state, &headers, body).await?;
-    reviewed(&state, session, "release quarantined items", move |conn, by, now, key| {
-        let (released, entries) = incidents::release(conn, &id, Some(&request.reason), key, by, now)?;
-        Ok((
-            json!({"item": serde_json::to_value(&released.item).unwrap_or_default(), "context": raw_json(&released.context)}),
-            entries,
-        ))
-    })
+    act(
+        state,
+        session,
+        id,
+        headers,
+        body,
+        "release quarantined items",
+        |conn, by, now, key, id, r: ReasonRequest| {
+            let (released, entries) = incidents::release(conn, id, Some(&r.reason), key, by, now)?;
+            Ok((
+                json!({"item": value(&released.item), "context": raw_json(&released.context)}),
+                entries,
+            ))
+        },
+    )
     .await
 }
 
 async fn reject(
-    State(state): State<AppState>,
-    Extension(session): Extension<Session>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    (State(state), Extension(session), id, headers): Params,
     body: Body,
 ) -> Result<Response, AppError> {
-    let id = path_id(id)?;
-    let request: ReasonRequest = read_object(&state, &headers, body).await?;
-    reviewed(
-        &state,
+    act(
+        state,
         session,
+        id,
+        headers,
+        body,
         "reject quarantined items",
-        move |conn, by, now, _| {
-            let (item, entries) = incidents::reject(conn, &id, Some(&request.reason), by, now)?;
-            Ok((serde_json::to_value(&item).unwrap_or_default(), entries))
+        |conn, by, now, _, id, r: ReasonRequest| {
+            let (item, entries) = incidents::reject(conn, id, Some(&r.reason), by, now)?;
+            Ok((value(&item), entries))
         },
     )
     .await

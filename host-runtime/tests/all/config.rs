@@ -412,6 +412,11 @@ fn bad_values_are_refused_with_their_key() {
             "escalation.retry_cap",
         ),
         ("[escalation]\nretry_base = \"0s\"", "escalation.retry_base"),
+        ("[escalation]\nlease = \"0s\"", "escalation.lease"),
+        (
+            "[escalation]\nattempt_timeout = \"0s\"",
+            "escalation.attempt_timeout",
+        ),
         ("[telemetry]\nlog_format = \"xml\"", "unknown variant `xml`"),
         (
             "[telemetry]\nlog_level = \"host_runtime=loud\"",
