@@ -60,6 +60,9 @@ impl pool::Connection for Conn {}
 pub struct SqliteStore {
     path: PathBuf,
     pool: Pool<Conn>,
+    /// This process's writers take turns here rather than in SQLite's busy handler, which
+    /// sleeps in steps of up to 100 ms: one writer at a time is all SQLite allows anyway.
+    writer: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -133,6 +136,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             pool: Pool::new(Conn(first), move || connect(&owned).map(Conn)),
+            writer: std::sync::Mutex::new(()),
         })
     }
 
@@ -364,6 +368,10 @@ impl ProfileStore for SqliteStore {
                 f,
                 || load_in(&conn.borrow(), key),
                 |read, update| {
+                    let _turn = self
+                        .writer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     write_in(
                         &mut conn.borrow_mut(),
                         key,
