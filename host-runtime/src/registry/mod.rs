@@ -314,39 +314,16 @@ impl Registry {
         now: Timestamp,
         log_signer: &dyn Signer,
     ) -> Result<String, RegistryError> {
-        check_identity_name(name)?;
-        let origin = self.log.origin().to_string();
-        let tx = self
-            .log
-            .connection()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if store::principal_count(&tx)? > 0 {
-            return Err(RegistryError::Conflict(
-                "the registry already has identities; an admin adds more with `sigil identity add`"
-                    .into(),
-            ));
-        }
-        let token = roles::new_token()?;
-        let key = roles::new_pseudonym_key()?;
         let roles = BTreeSet::from([Role::Admin]);
-        store::insert_principal(
-            &tx,
-            name,
-            &roles,
-            &roles::token_hash(&token),
-            &key,
-            &now.to_string(),
-        )?;
-        let entry = NewEntry {
-            time: now.to_string(),
-            kind: EntryKind::Admin,
-            actor: "role:system".into(),
-            subject: Some(format!("identity {} roles admin", pseudonym_of(&key, name))),
-            digests: BTreeMap::new(),
-        };
-        audit::record_in(&tx, &origin, vec![entry], log_signer)?;
-        tx.commit()?;
-        Ok(token)
+        self.add_unattended(name, &roles, now, log_signer, |tx| {
+            if store::principal_count(tx)? > 0 {
+                return Err(RegistryError::Conflict(
+                    "the registry already has identities; an admin adds more with `sigil identity add`"
+                        .into(),
+                ));
+            }
+            Ok(())
+        })
     }
 
     /// Adds an identity with `roles` for whoever can write the database itself (the operator of
@@ -359,16 +336,32 @@ impl Registry {
         now: Timestamp,
         log_signer: &dyn Signer,
     ) -> Result<String, RegistryError> {
+        self.add_unattended(name, roles, now, log_signer, |tx| {
+            check_clock(tx, now)?;
+            if store::principal_by_name(tx, name)?.is_some() {
+                return Err(RegistryError::Conflict(format!("identity `{name}` exists")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Adds an identity with no identity acting (`role:system` in the audit entry), after
+    /// `check` passes inside the same transaction, and returns its token.
+    fn add_unattended(
+        &mut self,
+        name: &str,
+        roles: &BTreeSet<Role>,
+        now: Timestamp,
+        log_signer: &dyn Signer,
+        check: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), RegistryError>,
+    ) -> Result<String, RegistryError> {
         check_identity_name(name)?;
         let origin = self.log.origin().to_string();
         let tx = self
             .log
             .connection()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        check_clock(&tx, now)?;
-        if store::principal_by_name(&tx, name)?.is_some() {
-            return Err(RegistryError::Conflict(format!("identity `{name}` exists")));
-        }
+        check(&tx)?;
         let token = roles::new_token()?;
         let key = roles::new_pseudonym_key()?;
         store::insert_principal(

@@ -26,7 +26,7 @@ use super::body::read_object;
 use super::journal::{Journal, JournalError};
 use super::outcome::{Call, Kept, Outcome};
 use super::routes::Verb;
-use super::{json_response, AppError, AppState};
+use super::{json_response, now_of, to_json, AppError, AppState};
 use crate::incidents::{
     self, IncidentError, IncidentFilter, IncidentStore, Occurrence, OccurrenceKind,
     QuarantineFilter, QuarantineKey, Recorded,
@@ -223,10 +223,6 @@ fn desk(state: &AppState) -> Result<Arc<IncidentDesk>, AppError> {
         .ok_or_else(|| AppError::not_found("this service keeps no incidents"))
 }
 
-fn now_of(state: &AppState) -> Result<Timestamp, AppError> {
-    Timestamp::parse(&(state.clock)()).map_err(|e| AppError::internal(&e.to_string()))
-}
-
 async fn blocking(
     f: impl FnOnce() -> Result<serde_json::Value, AppError> + Send + 'static,
 ) -> Result<Response, AppError> {
@@ -234,10 +230,6 @@ async fn blocking(
         .await
         .map_err(|_| AppError::internal("incident call failed"))??;
     Ok(json_response(StatusCode::OK, value.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, AppError> {
-    serde_json::to_value(value).map_err(|_| AppError::internal("the answer could not be encoded"))
 }
 
 /// Runs a reviewer's change in the registry's transaction, recorded in the audit log, and

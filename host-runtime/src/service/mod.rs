@@ -384,6 +384,17 @@ async fn openapi() -> Response {
     json_response(StatusCode::OK, routes::openapi().to_string())
 }
 
+/// The service's time now (its clock, or the fixed time it was given).
+pub(crate) fn now_of(state: &AppState) -> Result<guard_core::time::Timestamp, AppError> {
+    guard_core::time::Timestamp::parse(&(state.clock)())
+        .map_err(|e| AppError::internal(&e.to_string()))
+}
+
+/// A value as JSON for an answer.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, AppError> {
+    serde_json::to_value(value).map_err(|_| AppError::internal("the answer could not be encoded"))
+}
+
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

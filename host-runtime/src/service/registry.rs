@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::body::read_object;
 use super::routes::Verb;
-use super::{json_response, AppError, AppState};
+use super::{json_response, now_of, to_json, AppError, AppState};
 use crate::registry::{PublishRequest, Registry, RegistryError, Session};
 use crate::signer::{SignError, Signer};
 use crate::store::{erase_user, export_user, EraseTarget, ProfileKey};
@@ -91,14 +91,6 @@ fn parse_version(text: &str) -> Result<u64, AppError> {
         .ok()
         .filter(|v| *v >= 1)
         .ok_or_else(|| AppError::bad_request("invalid_path", "a version is an integer from 1"))
-}
-
-fn now_of(state: &AppState) -> Result<Timestamp, AppError> {
-    Timestamp::parse(&(state.clock)()).map_err(|e| AppError::internal(&e.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, AppError> {
-    serde_json::to_value(value).map_err(|_| AppError::internal("the answer could not be encoded"))
 }
 
 fn parse_time(text: &str, what: &str) -> Result<Timestamp, AppError> {
