@@ -111,6 +111,20 @@ fn open_incident(conn: &Connection, id: &str) -> Result<Incident, IncidentError>
     incident_by_id(conn, id)
 }
 
+/// The incident `id` as it is now, with the audit entry of `by`'s change to it.
+fn changed(
+    conn: &Connection,
+    id: &str,
+    now: Timestamp,
+    by: &Reviewer<'_>,
+    what: String,
+) -> Result<(Incident, Vec<NewEntry>), IncidentError> {
+    Ok((
+        incident_by_id(conn, id)?,
+        vec![entry(now, EntryKind::Incident, by.actor, what)],
+    ))
+}
+
 /// Acknowledges an open incident. Conflict when it is already acknowledged or resolved.
 pub fn acknowledge(
     conn: &Connection,
@@ -132,15 +146,7 @@ pub fn acknowledge(
          WHERE id = ?3 AND status = 'open'",
         params![now.unix_seconds(), by.name, id],
     )?;
-    Ok((
-        incident_by_id(conn, id)?,
-        vec![entry(
-            now,
-            EntryKind::Incident,
-            by.actor,
-            format!("incident {id} acknowledged"),
-        )],
-    ))
+    changed(conn, id, now, &by, format!("incident {id} acknowledged"))
 }
 
 /// Assigns an incident that is not resolved to `assignee` (or unassigns it with `None`).
@@ -171,15 +177,7 @@ pub fn assign(
     } else {
         "unassigned"
     };
-    Ok((
-        incident_by_id(conn, id)?,
-        vec![entry(
-            now,
-            EntryKind::Incident,
-            by.actor,
-            format!("incident {id} {what}"),
-        )],
-    ))
+    changed(conn, id, now, &by, format!("incident {id} {what}"))
 }
 
 /// Resolves an incident that is open or acknowledged, with an optional note, and queues an

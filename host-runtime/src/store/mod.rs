@@ -498,6 +498,19 @@ pub fn open(spec: &StoreSpec) -> Result<Arc<dyn ProfileStore>, StoreError> {
     })
 }
 
+/// Whether a store records no schema version yet (a new store, to be stamped with this build's);
+/// refused when it records another version than this build reads.
+fn schema_is_new(stored: Option<String>, version: &str) -> Result<bool, StoreError> {
+    match stored {
+        Some(v) if v == version => Ok(false),
+        Some(v) => Err(StoreError::Schema(format!(
+            "schema version `{}`; this build reads {version}",
+            shorten(&v)
+        ))),
+        None => Ok(true),
+    }
+}
+
 /// Checks a profile before it is written.
 fn check_profile(profile: &str) -> Result<(), StoreError> {
     if profile.len() > MAX_PROFILE_BYTES {

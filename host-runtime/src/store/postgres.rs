@@ -90,20 +90,11 @@ fn init(client: &mut Client) -> Result<(), StoreError> {
         )?
         .map(|row| row.try_get::<_, String>(0))
         .transpose()?;
-    match stored {
-        Some(v) if v == SCHEMA_VERSION => {}
-        Some(v) => {
-            return Err(StoreError::Schema(format!(
-                "schema version `{}`; this build reads {SCHEMA_VERSION}",
-                super::shorten(&v)
-            )))
-        }
-        None => {
-            tx.execute(
-                "INSERT INTO behaviour_meta (name, value) VALUES ('schema', $1)",
-                &[&SCHEMA_VERSION],
-            )?;
-        }
+    if super::schema_is_new(stored, SCHEMA_VERSION)? {
+        tx.execute(
+            "INSERT INTO behaviour_meta (name, value) VALUES ('schema', $1)",
+            &[&SCHEMA_VERSION],
+        )?;
     }
     tx.commit()?;
     Ok(())

@@ -109,20 +109,11 @@ pub(crate) fn init_in(tx: &Connection) -> Result<(), StoreError> {
             |r| r.get(0),
         )
         .optional()?;
-    match stored {
-        Some(v) if v == SCHEMA_VERSION => {}
-        Some(v) => {
-            return Err(StoreError::Schema(format!(
-                "schema version `{}`; this build reads {SCHEMA_VERSION}",
-                super::shorten(&v)
-            )))
-        }
-        None => {
-            tx.execute(
-                "INSERT INTO behaviour_meta (name, value) VALUES ('schema', ?1)",
-                [SCHEMA_VERSION],
-            )?;
-        }
+    if super::schema_is_new(stored, SCHEMA_VERSION)? {
+        tx.execute(
+            "INSERT INTO behaviour_meta (name, value) VALUES ('schema', ?1)",
+            [SCHEMA_VERSION],
+        )?;
     }
     Ok(())
 }
