@@ -397,6 +397,8 @@ pub struct ServiceConfig {
     pub detections: Detections,
     /// How long records are kept.
     pub retention: RetentionConfig,
+    /// Encryption of sensitive data at rest.
+    pub vault: VaultConfig,
 }
 
 impl Default for ServiceConfig {
@@ -412,6 +414,64 @@ impl Default for ServiceConfig {
             telemetry: Telemetry::default(),
             detections: Detections::default(),
             retention: RetentionConfig::default(),
+            vault: VaultConfig::default(),
+        }
+    }
+}
+
+/// `[vault]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The master key: `local:PATH`, `aws-kms:KEY;region=…;replicas=…` or
+    /// `pkcs11:module=…;token=…;key=…`; without it, the local development key
+    /// `<data_dir>/keys/master.key`.
+    pub master_key: Option<String>,
+    /// The key store (tenant and user keys), a SQLite file kept apart from the data; without
+    /// it, `<data_dir>/keys.db`.
+    pub key_store: Option<PathBuf>,
+    /// What a call does when the input it would quarantine cannot be stored encrypted:
+    /// `block` (503, the default) or `proceed` (answered, the input not kept).
+    pub on_unavailable: crate::service::Unsealable,
+    /// How long an unwrapped key stays in memory (5m).
+    pub cache_max_age: Span,
+    /// How many uses an unwrapped key serves before it is unwrapped again (100000).
+    pub cache_max_uses: u64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            master_key: None,
+            key_store: None,
+            on_unavailable: crate::service::Unsealable::Block,
+            cache_max_age: Span(Duration::from_secs(300)),
+            cache_max_uses: 100_000,
+        }
+    }
+}
+
+impl VaultConfig {
+    /// The master key's spec, with the data folder's default.
+    pub fn master_key_spec(&self, data_dir: &std::path::Path) -> String {
+        self.master_key
+            .clone()
+            .unwrap_or_else(|| format!("local:{}", data_dir.join("keys/master.key").display()))
+    }
+
+    /// The key store's path, with the data folder's default.
+    pub fn key_store_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.key_store
+            .clone()
+            .unwrap_or_else(|| data_dir.join("keys.db"))
+    }
+
+    /// The cache limits.
+    pub fn cache_limits(&self) -> crate::vault::CacheLimits {
+        crate::vault::CacheLimits {
+            max_age: self.cache_max_age.duration(),
+            max_uses: self.cache_max_uses,
+            ..crate::vault::CacheLimits::default()
         }
     }
 }
@@ -747,7 +807,7 @@ pub enum EnvKind {
 }
 
 /// Every key that an environment variable can override, with what its value is.
-pub const ENV_KEYS: [(&str, EnvKind); 32] = [
+pub const ENV_KEYS: [(&str, EnvKind); 37] = [
     ("listen", EnvKind::Text),
     ("metrics_listen", EnvKind::Text),
     ("data_dir", EnvKind::Text),
@@ -780,6 +840,11 @@ pub const ENV_KEYS: [(&str, EnvKind); 32] = [
     ("retention.profiles", EnvKind::Text),
     ("retention.incidents", EnvKind::Text),
     ("retention.purge_every", EnvKind::Text),
+    ("vault.master_key", EnvKind::Text),
+    ("vault.key_store", EnvKind::Text),
+    ("vault.on_unavailable", EnvKind::Text),
+    ("vault.cache_max_age", EnvKind::Text),
+    ("vault.cache_max_uses", EnvKind::Integer),
 ];
 
 /// The sections: a `SIGIL_` variable starting with one of these is meant for the configuration,
@@ -1000,6 +1065,13 @@ impl ServiceConfig {
         }
         if !(1..=1024).contains(&l.guard_instances) {
             return Err(invalid("limits.guard_instances", "between 1 and 1024"));
+        }
+        if self.vault.cache_max_age.duration() > Duration::from_secs(24 * 3600) {
+            return Err(invalid("vault.cache_max_age", "at most 24h"));
+        }
+        if let Some(spec) = &self.vault.master_key {
+            crate::vault::check_spec(spec)
+                .map_err(|e| invalid("vault.master_key", e.to_string()))?;
         }
         if self.incidents.group_window.duration() < Duration::from_secs(1) {
             return Err(invalid("incidents.group_window", "at least 1s"));

@@ -23,7 +23,7 @@ pub mod signer;
 mod sqlite;
 pub mod store;
 pub mod telemetry;
-pub mod vault;
 pub mod template;
 pub mod train;
 pub mod validate;
+pub mod vault;

@@ -24,6 +24,9 @@ pub enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// The vault's master key and key store.
+    #[command(flatten)]
+    Vault(super::vault::VaultCommand),
 }
 
 pub fn run(command: KeysCommand) -> Result<ExitCode> {
@@ -40,5 +43,6 @@ pub fn run(command: KeysCommand) -> Result<ExitCode> {
             outln!("fingerprint  {}", files.fingerprint);
             Ok(ExitCode::SUCCESS)
         }
+        KeysCommand::Vault(command) => super::vault::run(command),
     }
 }

@@ -22,6 +22,7 @@ mod template;
 mod train;
 mod users;
 mod validate;
+mod vault;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

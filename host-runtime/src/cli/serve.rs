@@ -12,17 +12,18 @@ use anyhow::{Context as _, Result};
 
 use super::registry::{create_secret, fill_secret, Access as LocalAccess};
 use super::GuardOptions;
-use crate::config::{ServiceConfig, SinkConfig, SinkKind, StoreSetting};
+use crate::config::{ServiceConfig, SinkConfig, SinkKind, StoreSetting, VaultConfig};
 use crate::incidents::{
-    self, DeliveryObserver, DeliveryWorker, EscalationConfig, IncidentStore, QuarantineKey,
-    RetryPolicy, Secret, Sink,
+    self, DeliveryObserver, DeliveryWorker, EscalationConfig, IncidentStore, RetryPolicy, Secret,
+    Sink,
 };
 use crate::registry::Registry;
 use crate::service::{app, Access, AppState, IncidentDesk, RequestLimits};
 use crate::signer::SignerSpec;
 use crate::store::{self, Behaviour, ProfileStore, Retention, StoreSpec};
 use crate::telemetry::emf::EmfWriter;
-use crate::telemetry::{logging, Metrics, StoreGauges};
+use crate::telemetry::{logging, Metrics, StoreGauges, VaultCounts};
+use crate::vault::{self, Vault};
 
 /// How often automatic incident changes are recorded in the audit log, and the store's gauges
 /// read.
@@ -221,12 +222,17 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         IncidentStore::open_with_sinks(&db, &escalation.sinks)
             .with_context(|| format!("cannot open the incident store in `{}`", db.display()))?,
     );
-    // What a reviewer releases is the user's own input: it is sealed at rest.
-    let key = QuarantineKey::load_or_create(&data_dir.join("keys/quarantine.key"))?;
+    // What a reviewer releases is the user's own input: it is sealed at rest under the
+    // user's key, in a key store apart from the data.
+    let vault = open_vault(&config.vault, &data_dir)?;
+    let incident_store = match Arc::try_unwrap(incident_store) {
+        Ok(store) => Arc::new(store.with_vault(vault.clone())),
+        Err(_) => anyhow::bail!("the incident store is shared before it is set up"),
+    };
     let desk = Arc::new(IncidentDesk::new(
         incident_store.clone(),
         config.incidents.group_window.duration(),
-        Some(key),
+        config.vault.on_unavailable,
     )?);
     state = state.with_incidents(desk.clone());
     let pump_state = state.clone();
@@ -241,6 +247,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let pump = runtime.spawn(pump_periodically(
         pump_state,
         incident_store.clone(),
+        vault.clone(),
         metrics.clone(),
         fixed_now.clone(),
     ));
@@ -332,9 +339,21 @@ fn record_audit(access: &Access, now: &str) -> Result<usize> {
 
 /// Every [`PUMP_EVERY`]: records automatic incident changes in the audit log, and reads the
 /// incident and outbox gauges.
+/// The vault `config` describes, its defaults in `data_dir`.
+pub(crate) fn open_vault(config: &VaultConfig, data_dir: &std::path::Path) -> Result<Arc<Vault>> {
+    let spec = config.master_key_spec(data_dir);
+    let master = vault::open_master(&spec)
+        .with_context(|| format!("cannot open the master key `{spec}`"))?;
+    let key_store = config.key_store_path(data_dir);
+    let vault = Vault::open(master, &key_store, config.cache_limits())
+        .with_context(|| format!("cannot open the key store `{}`", key_store.display()))?;
+    Ok(Arc::new(vault))
+}
+
 async fn pump_periodically(
     state: AppState,
     store: Arc<IncidentStore>,
+    vault: Arc<Vault>,
     metrics: Arc<Metrics>,
     fixed_now: Option<String>,
 ) {
@@ -343,6 +362,13 @@ async fn pump_periodically(
     loop {
         interval.tick().await;
         let now = fixed_now.clone().unwrap_or_else(super::now_utc);
+        let stats = vault.stats();
+        metrics.set_vault_counts(&VaultCounts {
+            sealed: stats.sealed,
+            opened: stats.opened,
+            backend_calls: stats.backend_calls,
+            failovers: stats.failovers,
+        });
         let (state, store, metrics) = (state.clone(), store.clone(), metrics.clone());
         let done = tokio::task::spawn_blocking(move || -> Result<()> {
             state

@@ -96,6 +96,9 @@ pub enum UsersCommand {
 pub struct UserArgs {
     #[command(flatten)]
     at: Access,
+    /// Where the user's encryption keys are (erasure destroys them).
+    #[command(flatten)]
+    vault: super::vault::VaultArgs,
     /// The user or API key id, exactly as callers give it in `context.user`.
     id: OsString,
     /// Only this tenant's records. Without it, every tenant's.
@@ -183,10 +186,12 @@ pub fn run(command: UsersCommand) -> Result<ExitCode> {
                     EraseTarget::Store(opened.as_ref())
                 }
             };
+            let vault = args.vault.open(&args.at.data_dir)?;
             let (erased, recorded) = erase_user(
                 &mut registry,
                 &session,
                 target,
+                Some(&vault),
                 &id,
                 tenant.as_deref(),
                 now,

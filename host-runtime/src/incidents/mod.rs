@@ -33,6 +33,7 @@
 //!         request_id: "req-1".into(),
 //!         summary: serde_json::json!({"score": 0.97}),
 //!         quarantine: Some(serde_json::json!({"request": {"text": "…"}})),
+//!         sealed: None,
 //!     }],
 //!     Duration::from_secs(3600),
 //! )?;
@@ -62,11 +63,11 @@ pub use outbox::{
     EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 pub use review::{
-    acknowledge, assign, comment, counts, erase_subject_in, get_incident, list_incidents,
-    list_quarantine, pending_audit, record_pending_audit, reject, release, resolve, reviewed,
-    view_quarantined, Counts, ErasedSubject, Released, Reviewer,
+    acknowledge, assign, check_sealed, comment, counts, erase_subject_in, get_incident,
+    list_incidents, list_quarantine, pending_audit, record_pending_audit, reject, release, resolve,
+    reviewed, view_quarantined, Counts, ErasedSubject, Released, Reviewer,
 };
-pub use seal::QuarantineKey;
+pub use seal::{seal_context, SealedContext, QUARANTINE_KIND};
 pub use siem::{export_jsonl, ExportCounts, OCSF_VERSION};
 pub use store::{init_in, record_in};
 
@@ -133,6 +134,9 @@ pub enum IncidentError {
     /// The registry refused (authentication, role, clock) or failed, or its audit log did.
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    /// A quarantined context could not be sealed or opened.
+    #[error("vault: {0}")]
+    Vault(crate::vault::VaultError),
 }
 
 impl From<aws_lc_rs::error::Unspecified> for IncidentError {
@@ -188,8 +192,13 @@ pub struct Occurrence {
     /// No prompt text.
     pub summary: serde_json::Value,
     /// For `quarantine` and `block`: the whole decision context (the request, the rendered
-    /// prompt, the guard's answer), held for a reviewer and handed back on release.
+    /// prompt, the guard's answer), held for a reviewer and handed back on release. It is
+    /// sealed by the store's vault before it is written ([`IncidentStore::seal`]); a store
+    /// without a vault does not keep it.
     pub quarantine: Option<serde_json::Value>,
+    /// The context, sealed already (by [`IncidentStore::seal`], outside the store's
+    /// transaction); when present it is held instead of `quarantine`.
+    pub sealed: Option<SealedContext>,
 }
 
 /// Where an incident stands: `open` → `acknowledged` → `resolved` (or `open` → `resolved`).
@@ -439,7 +448,7 @@ pub struct IncidentStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     sinks: Vec<String>,
-    key: Option<QuarantineKey>,
+    vault: Option<std::sync::Arc<crate::vault::Vault>>,
     wake: Mutex<Option<tokio::sync::watch::Sender<u64>>>,
 }
 
@@ -462,21 +471,58 @@ impl IncidentStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             sinks: names,
-            key: None,
+            vault: None,
             wake: Mutex::new(None),
         })
     }
 
-    /// The same store, sealing the contexts it quarantines with `key` (reviewers then need the
-    /// key to view or release them: [`release`], [`view_quarantined`]).
-    pub fn with_quarantine_key(mut self, key: QuarantineKey) -> Self {
-        self.key = Some(key);
+    /// The same store, sealing the contexts it quarantines in `vault` under each user's key
+    /// (reviewers open them through it: [`release`], [`view_quarantined`]). Without a vault,
+    /// incidents are kept but quarantined contexts are not: nothing users wrote is stored in
+    /// the clear.
+    pub fn with_vault(mut self, vault: std::sync::Arc<crate::vault::Vault>) -> Self {
+        self.vault = Some(vault);
         self
     }
 
-    /// The key quarantined contexts are sealed with, if any.
-    pub fn quarantine_key(&self) -> Option<&QuarantineKey> {
-        self.key.as_ref()
+    /// The vault quarantined contexts are sealed in, if any.
+    pub fn vault(&self) -> Option<&crate::vault::Vault> {
+        self.vault.as_deref()
+    }
+
+    /// Seals the occurrence's quarantined context (if it has one and no sealed one yet), so
+    /// recording it makes no key-backend call inside the database transaction. Without a
+    /// vault the context is dropped. On an error (the key backend down with no usable cached
+    /// key) nothing changes and the caller decides: record without the context, or fail.
+    pub fn seal(&self, occurrence: &mut Occurrence) -> Result<(), IncidentError> {
+        if occurrence.sealed.is_some() {
+            return Ok(());
+        }
+        let Some(context) = &occurrence.quarantine else {
+            return Ok(());
+        };
+        let Some(vault) = &self.vault else {
+            occurrence.quarantine = None;
+            return Ok(());
+        };
+        let text = serde_json::to_string(context)
+            .map_err(|e| IncidentError::Invalid(format!("context: {e}")))?;
+        if text.len() > MAX_CONTEXT_BYTES {
+            return Err(IncidentError::Invalid(format!(
+                "the quarantine context is {} bytes, over the {}-byte limit",
+                text.len(),
+                MAX_CONTEXT_BYTES
+            )));
+        }
+        let sealed = seal_context(
+            vault,
+            occurrence.tenant.as_deref().unwrap_or(""),
+            occurrence.subject.as_deref().unwrap_or(""),
+            &text,
+        )?;
+        occurrence.sealed = Some(sealed);
+        occurrence.quarantine = None;
+        Ok(())
     }
 
     /// The database file.
@@ -497,12 +543,55 @@ impl IncidentStore {
         batch: &[Occurrence],
         window: Duration,
     ) -> Result<Vec<Result<Recorded, IncidentError>>, IncidentError> {
-        let results = self.with_conn(|conn| {
+        // Contexts not sealed yet are sealed here, before the transaction; one that cannot be
+        // gets its error at its index and is not recorded.
+        let mut failed: Vec<Option<IncidentError>> = Vec::with_capacity(batch.len());
+        let mut sealed_here = Vec::new();
+        for occurrence in batch {
+            if occurrence.quarantine.is_some() && occurrence.sealed.is_none() {
+                let mut sealed = occurrence.clone();
+                match self.seal(&mut sealed) {
+                    Ok(()) => {
+                        sealed_here.push(sealed);
+                        failed.push(None);
+                    }
+                    Err(e) => failed.push(Some(e)),
+                }
+            } else {
+                failed.push(None);
+            }
+        }
+        let mut sealed_here = sealed_here.iter();
+        let ready: Vec<&Occurrence> = batch
+            .iter()
+            .zip(&failed)
+            .filter(|(_, failure)| failure.is_none())
+            .filter_map(|(occurrence, _)| {
+                if occurrence.quarantine.is_some() && occurrence.sealed.is_none() {
+                    sealed_here.next()
+                } else {
+                    Some(occurrence)
+                }
+            })
+            .collect();
+        let recorded = self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let results = record_in(&tx, batch, window, &self.sinks, self.key.as_ref())?;
+            let results = record_in(&tx, &ready, window, &self.sinks)?;
             tx.commit()?;
             Ok(results)
         })?;
+        let mut recorded = recorded.into_iter();
+        let results: Vec<Result<Recorded, IncidentError>> = failed
+            .into_iter()
+            .map(|failure| match failure {
+                Some(e) => Err(e),
+                None => recorded.next().unwrap_or_else(|| {
+                    Err(IncidentError::Worker(
+                        "an occurrence went unanswered".into(),
+                    ))
+                }),
+            })
+            .collect();
         if results
             .iter()
             .any(|r| r.as_ref().is_ok_and(|r| !r.events.is_empty()))
@@ -551,7 +640,7 @@ fn connect(path: &Path) -> Result<Connection, IncidentError> {
 }
 
 /// A new random id: `prefix`, `_` and 32 hex digits.
-fn new_id(prefix: &str) -> Result<String, IncidentError> {
+pub(crate) fn new_id(prefix: &str) -> Result<String, IncidentError> {
     use aws_lc_rs::rand::SecureRandom as _;
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::SystemRandom::new().fill(&mut bytes)?;

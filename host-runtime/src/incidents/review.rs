@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::seal::{self, QuarantineKey};
+use super::seal;
 use super::store::{
     incident_by_id, incident_row, quarantine_row, rank, INCIDENT_COLUMNS, QUARANTINE_COLUMNS,
 };
@@ -24,6 +24,7 @@ use super::{
 use crate::audit::NewEntry;
 use crate::registry::{Recorded, Registry, Role, Session};
 use crate::signer::Signer;
+use crate::vault::Vault;
 
 /// Who acts: the name kept on the incident (what the console shows) and the audit actor
 /// (`role:<role>` or the identity's keyed pseudonym, as the registry gives it).
@@ -467,7 +468,7 @@ fn quarantine_item(conn: &Connection, id: &str) -> Result<QuarantineItem, Incide
 fn held_context(
     conn: &Connection,
     item: &QuarantineItem,
-    key: Option<&QuarantineKey>,
+    vault: Option<&Vault>,
 ) -> Result<Box<RawValue>, IncidentError> {
     if item.status != QuarantineStatus::Held {
         return Err(IncidentError::Conflict(format!(
@@ -486,7 +487,13 @@ fn held_context(
         .flatten();
     let text = text
         .ok_or_else(|| IncidentError::Corrupt(format!("held item {} has no context", item.id)))?;
-    let text = seal::open(text, &item.id, key)?;
+    let text = seal::open(
+        &text,
+        &item.id,
+        item.tenant.as_deref().unwrap_or(""),
+        item.subject.as_deref().unwrap_or(""),
+        vault,
+    )?;
     if sha256_hex(text.as_bytes()) != item.context_sha256 {
         return Err(IncidentError::Corrupt(format!(
             "the context of item {} does not match its digest",
@@ -546,7 +553,7 @@ pub fn release(
     conn: &Connection,
     id: &str,
     reason: Option<&str>,
-    key: Option<&QuarantineKey>,
+    vault: Option<&Vault>,
     by: Reviewer<'_>,
     now: Timestamp,
 ) -> Result<(Released, Vec<NewEntry>), IncidentError> {
@@ -555,7 +562,7 @@ pub fn release(
         check_note(reason, "the reason")?;
     }
     let item = quarantine_item(conn, id)?;
-    let context = held_context(conn, &item, key)?;
+    let context = held_context(conn, &item, vault)?;
     let (item, entries) = decide(conn, &item, QuarantineStatus::Released, reason, &by, now)?;
     Ok((Released { item, context }, entries))
 }
@@ -588,7 +595,7 @@ pub fn view_quarantined(
     conn: &Connection,
     id: &str,
     reason: &str,
-    key: Option<&QuarantineKey>,
+    vault: Option<&Vault>,
     by: Reviewer<'_>,
     now: Timestamp,
 ) -> Result<(Box<RawValue>, Vec<NewEntry>), IncidentError> {
@@ -600,7 +607,7 @@ pub fn view_quarantined(
     }
     check_note(reason, "the reason")?;
     let item = quarantine_item(conn, id)?;
-    let context = held_context(conn, &item, key)?;
+    let context = held_context(conn, &item, vault)?;
     let mut e = entry(
         now,
         EntryKind::Quarantine,
@@ -661,6 +668,25 @@ pub fn pending_audit(
         conn.execute("DELETE FROM incident_audit_queue WHERE seq <= ?1", [last])?;
     }
     Ok(entries)
+}
+
+/// Opens every held context in the store with `vault` (the check at the end of a rewrap) and
+/// answers how many there were; the first that does not open is the error.
+pub fn check_sealed(conn: &Connection, vault: &Vault) -> Result<u64, IncidentError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, tenant, subject, context FROM incident_quarantine WHERE context IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut checked = 0u64;
+    while let Some(row) = rows.next()? {
+        let (id, tenant, subject, context): (String, String, String, String) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        seal::open(&context, &id, &tenant, &subject, Some(vault)).map_err(|e| {
+            IncidentError::Corrupt(format!("quarantined item {id} does not open: {e}"))
+        })?;
+        checked += 1;
+    }
+    Ok(checked)
 }
 
 /// What [`erase_subject_in`] changed.
@@ -877,6 +903,7 @@ mod tests {
                     request_id: "req-1".into(),
                     summary: serde_json::json!({"score": 0.8}),
                     quarantine: None,
+                    sealed: None,
                 }],
                 Duration::from_secs(3600),
             )

@@ -9,7 +9,7 @@ use guard_core::{Action, Level};
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 
 use super::outbox::{self, EventKind};
-use super::seal::QuarantineKey;
+use super::seal::SealedContext;
 use super::{
     check_text_id, new_id, now_ms, shorten, time_text, Incident, IncidentError, IncidentStatus,
     Occurrence, OccurrenceKind, QuarantineItem, QuarantineStatus, Recorded, MAX_BATCH,
@@ -293,7 +293,7 @@ fn is_milestone(count: u64) -> bool {
 }
 
 /// Checks an occurrence before anything is written.
-fn check(occurrence: &Occurrence) -> Result<(String, Option<String>), IncidentError> {
+fn check(occurrence: &Occurrence) -> Result<String, IncidentError> {
     if let Some(tenant) = &occurrence.tenant {
         crate::store::check_tenant(tenant).map_err(|e| IncidentError::Invalid(e.to_string()))?;
     }
@@ -313,35 +313,42 @@ fn check(occurrence: &Occurrence) -> Result<(String, Option<String>), IncidentEr
             summary.len()
         )));
     }
-    let context = occurrence
-        .quarantine
-        .as_ref()
-        .map(|c| {
-            serde_json::to_string(c).map_err(|e| IncidentError::Invalid(format!("context: {e}")))
-        })
-        .transpose()?;
-    if let Some(context) = &context {
-        if context.len() > MAX_CONTEXT_BYTES {
-            return Err(IncidentError::Invalid(format!(
-                "the quarantine context is {} bytes, over the {MAX_CONTEXT_BYTES}-byte limit",
-                context.len()
-            )));
+    if let Some(sealed) = &occurrence.sealed {
+        check_id_text(&sealed.item_id, "qtn")?;
+        if sealed.len > MAX_CONTEXT_BYTES || !crate::vault::is_sealed(&sealed.sealed) {
+            return Err(IncidentError::Invalid(
+                "a sealed quarantine context is not the vault's, or too large".into(),
+            ));
         }
     }
-    Ok((summary, context))
+    Ok(summary)
+}
+
+fn check_id_text(id: &str, prefix: &str) -> Result<(), IncidentError> {
+    let ok = id
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(IncidentError::Invalid(format!(
+            "`{}` is not a {prefix} id",
+            shorten(id)
+        )))
+    }
 }
 
 /// [`super::IncidentStore::record`] inside the caller's transaction (which must be
-/// `BEGIN IMMEDIATE`, or grouping could race another writer): events are queued for `sinks`,
-/// and quarantined contexts sealed with `key` when there is one.
+/// `BEGIN IMMEDIATE`, or grouping could race another writer): events are queued for `sinks`.
+/// Only contexts sealed already ([`Occurrence::sealed`]) are held; a plain one is not kept.
 /// The tables must exist ([`init_in`]). Invalid occurrences get their error at their index and
 /// are skipped; a storage error fails the whole call, and the caller rolls back.
 pub fn record_in(
     conn: &Connection,
-    batch: &[Occurrence],
+    batch: &[&Occurrence],
     window: Duration,
     sinks: &[String],
-    key: Option<&QuarantineKey>,
 ) -> Result<Vec<Result<Recorded, IncidentError>>, IncidentError> {
     if batch.len() > MAX_BATCH {
         return Err(IncidentError::Invalid(format!(
@@ -353,14 +360,13 @@ pub fn record_in(
     let mut results = Vec::with_capacity(batch.len());
     for occurrence in batch {
         match check(occurrence) {
-            Ok((summary, context)) => results.push(Ok(record_one(
+            Ok(summary) => results.push(Ok(record_one(
                 conn,
                 occurrence,
                 &summary,
-                context.as_deref(),
+                occurrence.sealed.as_ref(),
                 window,
                 sinks,
-                key,
             )?)),
             Err(e) => results.push(Err(e)),
         }
@@ -372,10 +378,9 @@ fn record_one(
     conn: &Connection,
     o: &Occurrence,
     summary: &str,
-    context: Option<&str>,
+    context: Option<&SealedContext>,
     window: i64,
     sinks: &[String],
-    key: Option<&QuarantineKey>,
 ) -> Result<Recorded, IncidentError> {
     let at = o.at.unix_seconds();
     let tenant = o.tenant.as_deref().unwrap_or("");
@@ -497,7 +502,7 @@ fn record_one(
         )?;
     }
     let quarantine_id = match context {
-        Some(context) => Some(hold(conn, o, &incident.id, summary, context, at, key)?),
+        Some(context) => Some(hold(conn, o, &incident.id, summary, context, at)?),
         None => None,
     };
     let created = now_ms();
@@ -534,20 +539,16 @@ fn hold(
     o: &Occurrence,
     incident_id: &str,
     summary: &str,
-    context: &str,
+    context: &SealedContext,
     at: i64,
-    key: Option<&QuarantineKey>,
 ) -> Result<String, IncidentError> {
-    let id = new_id("qtn")?;
+    let id = context.item_id.clone();
     let action = match &o.kind {
         OccurrenceKind::Assessment { action } => *action,
         OccurrenceKind::TemplateRefusal { .. } => Action::Block,
     };
-    let digest = sha256_hex(context.as_bytes());
-    let stored = match key {
-        Some(key) => key.seal(&id, context)?,
-        None => context.to_string(),
-    };
+    let digest = context.sha256.clone();
+    let stored = &context.sealed;
     conn.prepare_cached(
         "INSERT INTO incident_quarantine (id, incident_id, tenant, subject, request_id, level,
              action, held_at, status, context, context_sha256, summary)

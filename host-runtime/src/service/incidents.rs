@@ -29,9 +29,10 @@ use super::routes::Verb;
 use super::{json_response, now_of, to_json, AppError, AppState};
 use crate::incidents::{
     self, IncidentError, IncidentFilter, IncidentStore, Occurrence, OccurrenceKind,
-    QuarantineFilter, QuarantineKey, Recorded,
+    QuarantineFilter, Recorded,
 };
 use crate::registry::Session;
+use crate::vault::Vault;
 
 /// Occurrences committed together at most.
 const MAX_BATCH: usize = 256;
@@ -43,7 +44,19 @@ const QUEUE: usize = 4096;
 pub struct IncidentDesk {
     store: Arc<IncidentStore>,
     journal: Journal<Occurrence, Result<Recorded, IncidentError>>,
-    key: Option<QuarantineKey>,
+    unsealable: Unsealable,
+}
+
+/// What a call does when the input it would quarantine cannot be stored encrypted (the key
+/// backend is down and no cached key may be used).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unsealable {
+    /// The call fails (503 `vault_unavailable`): the input is neither stored nor let through.
+    #[default]
+    Block,
+    /// The call is answered; the incident is recorded without the input, which is not kept.
+    Proceed,
 }
 
 impl std::fmt::Debug for IncidentDesk {
@@ -53,12 +66,12 @@ impl std::fmt::Debug for IncidentDesk {
 }
 
 impl IncidentDesk {
-    /// The desk over `store`, grouping repeats within `window`, sealing quarantined contexts
-    /// with `key` when there is one.
+    /// The desk over `store`, grouping repeats within `window`; quarantined contexts are
+    /// sealed in the store's vault, and `unsealable` says what a call does when that fails.
     pub fn new(
         store: Arc<IncidentStore>,
         window: Duration,
-        key: Option<QuarantineKey>,
+        unsealable: Unsealable,
     ) -> std::io::Result<Self> {
         let writer = store.clone();
         let journal = Journal::start(
@@ -74,7 +87,7 @@ impl IncidentDesk {
         Ok(IncidentDesk {
             store,
             journal,
-            key,
+            unsealable,
         })
     }
 
@@ -150,6 +163,7 @@ fn occurrence(outcome: &Outcome<'_>) -> Result<Option<Occurrence>, AppError> {
                     "template": template.map(|(id, version)| json!({"id": id, "version": version})),
                 }),
                 quarantine: held.then(|| context.clone()),
+                sealed: None,
             })
         }
         Call::Refused {
@@ -172,15 +186,50 @@ fn occurrence(outcome: &Outcome<'_>) -> Result<Option<Occurrence>, AppError> {
                 "refusal": code,
             }),
             quarantine: None,
+            sealed: None,
         }),
     })
 }
 
 /// Records the call's occurrence, if any, and answers once it is stored.
-pub(super) async fn record(desk: &IncidentDesk, outcome: &Outcome<'_>) -> Result<Kept, AppError> {
-    let Some(occurrence) = occurrence(outcome)? else {
+pub(super) async fn record(
+    desk: &Arc<IncidentDesk>,
+    metrics: &crate::telemetry::Metrics,
+    outcome: &Outcome<'_>,
+) -> Result<Kept, AppError> {
+    let Some(mut occurrence) = occurrence(outcome)? else {
         return Ok(Kept::default());
     };
+    if occurrence.quarantine.is_some() && desk.store.vault().is_some() {
+        // Sealed here, on the call's own blocking thread: a key-backend call (rare, with a
+        // warm cache) waits for this call only, never inside the journal's transaction.
+        let sealer = desk.clone();
+        let (sealed, result) = tokio::task::spawn_blocking(move || {
+            let result = sealer.store.seal(&mut occurrence);
+            (occurrence, result)
+        })
+        .await
+        .map_err(|_| AppError::internal("sealing the quarantined input failed"))?;
+        occurrence = sealed;
+        if let Err(e) = result {
+            metrics.vault_write_failed();
+            tracing::error!(error = %e, "a quarantined input could not be stored encrypted");
+            occurrence.quarantine = None;
+            if let Some(summary) = occurrence.summary.as_object_mut() {
+                summary.insert("input_kept".into(), json!(false));
+            }
+            if desk.unsealable == Unsealable::Block {
+                // The incident is still recorded (it holds no user text); the call is not
+                // answered, so nothing unstored is let through.
+                let _ = desk.journal.write(occurrence).await;
+                return Err(AppError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "vault_unavailable",
+                    "the input was to be quarantined but cannot be stored encrypted now (the key backend is unavailable); nothing was stored and the call is blocked",
+                ));
+            }
+        }
+    }
     match desk.journal.write(occurrence).await {
         Ok(Ok(recorded)) => Ok(Kept {
             incident_id: Some(recorded.incident_id),
@@ -242,7 +291,7 @@ async fn reviewed(
             &rusqlite::Connection,
             incidents::Reviewer<'_>,
             Timestamp,
-            Option<&QuarantineKey>,
+            Option<&Vault>,
         ) -> Result<(serde_json::Value, Vec<crate::audit::NewEntry>), IncidentError>
         + Send
         + 'static,
@@ -253,7 +302,7 @@ async fn reviewed(
     let woken = desk.clone();
     let response = blocking(move || {
         access.with_registry(|registry, signer| {
-            let key = desk.key.as_ref();
+            let key = desk.store.vault();
             let (value, recorded) =
                 incidents::reviewed(registry, &session, now, signer, action, |conn, by| {
                     incidents::init_in(conn)?;
@@ -341,7 +390,7 @@ type ReviewerAction<B> =
         &rusqlite::Connection,
         incidents::Reviewer<'_>,
         Timestamp,
-        Option<&QuarantineKey>,
+        Option<&Vault>,
         &str,
         B,
     ) -> Result<(serde_json::Value, Vec<crate::audit::NewEntry>), IncidentError>;

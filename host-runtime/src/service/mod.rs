@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 pub use access::{Access, SESSION_TTL};
 pub use error::AppError;
-pub use incidents::IncidentDesk;
+pub use incidents::{IncidentDesk, Unsealable};
 pub use outcome::{Call, Endpoint, Kept, Outcome};
 pub use templates::TEMPLATE_TTL;
 
@@ -214,7 +214,7 @@ impl AppState {
             Call::Refused { code, .. } => self.metrics.template_refused(code),
         }
         match &self.incidents {
-            Some(desk) => incidents::record(desk, &outcome).await,
+            Some(desk) => incidents::record(desk, &self.metrics, &outcome).await,
             None => Ok(Kept::default()),
         }
     }

@@ -875,10 +875,15 @@ async fn user_erase(
         } else {
             EraseTarget::Store(behaviour.store.as_ref())
         };
+        let vault = state
+            .incidents
+            .as_ref()
+            .and_then(|desk| desk.store().vault());
         let (erased, recorded) = erase_user(
             registry,
             &session,
             target,
+            vault,
             &id,
             query.tenant.as_deref(),
             now_of(state)?,

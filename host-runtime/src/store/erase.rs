@@ -40,6 +40,9 @@ pub enum UsersError {
     /// The user's incidents and quarantined items could not be cleared; nothing was erased.
     #[error(transparent)]
     Incidents(#[from] crate::incidents::IncidentError),
+    /// The user's keys could not be destroyed; nothing was erased.
+    #[error("the user's keys could not be destroyed, so nothing was erased: {0}")]
+    Keys(#[from] crate::vault::VaultError),
     /// The data was erased in a separate store, but the audit entry could not be recorded.
     #[error("the user's data was erased ({} profiles, {} detections) but the audit entry could not be recorded: {source}", .erased.profiles, .erased.detections)]
     NotRecorded {
@@ -71,13 +74,19 @@ fn scope(tenant: Option<&str>) -> &'static str {
     }
 }
 
-fn erase_entry(now: Timestamp, actor: String, erased: &Erased, tenant: Option<&str>) -> NewEntry {
+fn erase_entry(
+    now: Timestamp,
+    actor: String,
+    erased: &Erased,
+    tenant: Option<&str>,
+    keys: u64,
+) -> NewEntry {
     NewEntry {
         time: now.to_string(),
         kind: EntryKind::Admin,
         actor,
         subject: Some(format!(
-            "user {} erased{}: {} profiles, {} detections",
+            "user {} erased{}: {} profiles, {} detections, {keys} encryption keys destroyed",
             erased.pseudonym,
             scope(tenant),
             erased.profiles,
@@ -89,10 +98,16 @@ fn erase_entry(now: Timestamp, actor: String, erased: &Erased, tenant: Option<&s
 
 /// Erases the user's profiles and detections (in every tenant, or in `tenant`) as `session`,
 /// which needs the admin role, and records an `admin` entry naming the user by pseudonym.
+///
+/// With a `vault`, the user's encryption keys are destroyed first (crypto-shredding): every
+/// copy of what was sealed for them (quarantined input, excerpts), in backups and dumps too,
+/// becomes unreadable. If that fails, nothing is erased.
+#[allow(clippy::too_many_arguments)]
 pub fn erase_user(
     registry: &mut Registry,
     session: &Session,
     target: EraseTarget<'_>,
+    vault: Option<&crate::vault::Vault>,
     subject: &str,
     tenant: Option<&str>,
     now: Timestamp,
@@ -100,6 +115,12 @@ pub fn erase_user(
 ) -> Result<(Erased, Recorded), UsersError> {
     const ACTION: &str = "erase user data";
     check_ids(subject, tenant)?;
+    registry.authorize(session, &[Role::Admin], ACTION)?;
+    // Keys first: should the rest fail, what is left can no longer be read.
+    let keys = match vault {
+        Some(vault) => vault.shred_subject(subject, tenant)?,
+        None => 0,
+    };
     match target {
         EraseTarget::RegistryDatabase => {
             let done = registry.change_with(
@@ -115,7 +136,7 @@ pub fn erase_user(
                     // the same transaction.
                     crate::incidents::init_in(tx)?;
                     crate::incidents::erase_subject_in(tx, subject, tenant, now)?;
-                    let entry = erase_entry(now, actor, &erased, tenant);
+                    let entry = erase_entry(now, actor, &erased, tenant, keys);
                     Ok::<_, UsersError>((erased, vec![entry]))
                 },
             )?;
@@ -123,7 +144,6 @@ pub fn erase_user(
             Ok(done)
         }
         EraseTarget::Store(store) => {
-            registry.authorize(session, &[Role::Admin], ACTION)?;
             let erased = store.erase(subject, tenant)?;
             let recorded = registry.change_with(
                 session,
@@ -134,7 +154,7 @@ pub fn erase_user(
                 |tx, actor| {
                     crate::incidents::init_in(tx)?;
                     crate::incidents::erase_subject_in(tx, subject, tenant, now)?;
-                    Ok::<_, UsersError>(((), vec![erase_entry(now, actor, &erased, tenant)]))
+                    Ok::<_, UsersError>(((), vec![erase_entry(now, actor, &erased, tenant, keys)]))
                 },
             );
             match recorded {

@@ -444,6 +444,26 @@ fn lines(m: &Metrics, now: &Snapshot, before: &Snapshot) -> Vec<Line> {
     );
     global.count("sigil_outbox_depth", now.outbox_depth);
     global.count("sigil_guard_instances", now.guard_instances);
+    global.count(
+        "sigil_vault_write_failures_total",
+        now.vault_write_failures
+            .saturating_sub(before.vault_write_failures),
+    );
+    global.count(
+        "sigil_key_backend_calls_total",
+        now.vault
+            .backend_calls
+            .saturating_sub(before.vault.backend_calls),
+    );
+    global.count(
+        "sigil_key_backend_failovers_total",
+        now.vault.failovers.saturating_sub(before.vault.failovers),
+    );
+    global.count(
+        "sigil_vault_records_total",
+        (now.vault.sealed + now.vault.opened)
+            .saturating_sub(before.vault.sealed + before.vault.opened),
+    );
     lines.push(global);
 
     for (level, n) in Level::ALL.iter().zip(&now.incidents_open) {

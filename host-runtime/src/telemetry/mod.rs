@@ -57,7 +57,7 @@ pub use prometheus::CONTENT_TYPE;
 
 /// Every metric family this module renders, as Prometheus names them. EMF lines use the same
 /// names (histograms as `NAME_p50`, `NAME_p99` and `NAME_count`, see [`emf`]).
-pub const METRIC_NAMES: [&str; 17] = [
+pub const METRIC_NAMES: [&str; 21] = [
     "sigil_requests_total",
     "sigil_http_responses_total",
     "sigil_rule_hits_total",
@@ -73,6 +73,10 @@ pub const METRIC_NAMES: [&str; 17] = [
     "sigil_outbox_deliveries_total",
     "sigil_guard_exhausted_total",
     "sigil_guard_instances",
+    "sigil_vault_records_total",
+    "sigil_vault_write_failures_total",
+    "sigil_key_backend_calls_total",
+    "sigil_key_backend_failovers_total",
     "sigil_build_info",
     "sigil_label_values_folded_total",
 ];
@@ -310,6 +314,9 @@ pub struct Metrics {
     deliveries: Counters,
     exhausted: Counters,
     guard_instances: AtomicU64,
+    /// Records sealed and opened, key-backend calls and failovers, as the vault counts them.
+    vault: [AtomicU64; 4],
+    vault_write_failures: AtomicU64,
     /// Values counted under `other` because their table was full or the value unfit, per label.
     folded: Counters,
 }
@@ -342,6 +349,8 @@ impl Metrics {
             deliveries: Counters::new(sinks.slots() * 3),
             exhausted: Counters::new(3),
             guard_instances: AtomicU64::new(0),
+            vault: Default::default(),
+            vault_write_failures: AtomicU64::new(0),
             folded: Counters::new(4),
             tenants,
             rules,
@@ -443,6 +452,23 @@ impl Metrics {
             .store(gauges.outbox_depth, Ordering::Relaxed);
     }
 
+    /// Copies the vault's own counters (they live in the vault; the pump copies them).
+    pub fn set_vault_counts(&self, counts: &VaultCounts) {
+        for (cell, value) in self.vault.iter().zip([
+            counts.sealed,
+            counts.opened,
+            counts.backend_calls,
+            counts.failovers,
+        ]) {
+            cell.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an input that was to be quarantined but could not be stored encrypted.
+    pub fn vault_write_failed(&self) {
+        self.vault_write_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one delivery attempt of an outbox message to a sink (by its configured name).
     pub fn delivery(&self, sink: &str, outcome: DeliveryOutcome) {
         let s = self.slot(3, &self.sinks, sink);
@@ -490,6 +516,13 @@ impl Metrics {
             deliveries: self.deliveries.load(),
             exhausted: self.exhausted.load(),
             guard_instances: self.guard_instances.load(Ordering::Relaxed),
+            vault: VaultCounts {
+                sealed: self.vault[0].load(Ordering::Relaxed),
+                opened: self.vault[1].load(Ordering::Relaxed),
+                backend_calls: self.vault[2].load(Ordering::Relaxed),
+                failovers: self.vault[3].load(Ordering::Relaxed),
+            },
+            vault_write_failures: self.vault_write_failures.load(Ordering::Relaxed),
             folded: self.folded.load(),
         }
     }
@@ -513,7 +546,22 @@ struct Snapshot {
     deliveries: Vec<u64>,
     exhausted: Vec<u64>,
     guard_instances: u64,
+    vault: VaultCounts,
+    vault_write_failures: u64,
     folded: Vec<u64>,
+}
+
+/// The vault's counters, as [`Metrics::set_vault_counts`] takes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VaultCounts {
+    /// Records sealed.
+    pub sealed: u64,
+    /// Records opened.
+    pub opened: u64,
+    /// Calls to the key backend (KMS requests, HSM operations).
+    pub backend_calls: u64,
+    /// Times the key backend failed over to another region (or back).
+    pub failovers: u64,
 }
 
 /// A request cell's labels back from its index.

@@ -274,6 +274,60 @@ pub(super) fn render(m: &Metrics, out: &mut String) {
         "Guard instances in the pool.",
     );
     sample(out, "sigil_guard_instances", &[], s.guard_instances);
+    header(
+        out,
+        "sigil_vault_records_total",
+        "counter",
+        "Sensitive records encrypted (sealed) and decrypted (opened) by the vault.",
+    );
+    sample(
+        out,
+        "sigil_vault_records_total",
+        &[("op", "sealed")],
+        s.vault.sealed,
+    );
+    sample(
+        out,
+        "sigil_vault_records_total",
+        &[("op", "opened")],
+        s.vault.opened,
+    );
+    header(
+        out,
+        "sigil_vault_write_failures_total",
+        "counter",
+        "Inputs to be quarantined that could not be stored encrypted (key backend unavailable).",
+    );
+    sample(
+        out,
+        "sigil_vault_write_failures_total",
+        &[],
+        s.vault_write_failures,
+    );
+    header(
+        out,
+        "sigil_key_backend_calls_total",
+        "counter",
+        "Calls to the master key's backend (KMS requests, HSM operations).",
+    );
+    sample(
+        out,
+        "sigil_key_backend_calls_total",
+        &[],
+        s.vault.backend_calls,
+    );
+    header(
+        out,
+        "sigil_key_backend_failovers_total",
+        "counter",
+        "Times the key backend switched region: to a replica, or back to the primary.",
+    );
+    sample(
+        out,
+        "sigil_key_backend_failovers_total",
+        &[],
+        s.vault.failovers,
+    );
 
     header(
         out,

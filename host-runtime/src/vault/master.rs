@@ -86,6 +86,12 @@ pub trait MasterKey: Send + Sync + std::fmt::Debug {
     fn backend_calls(&self) -> u64 {
         0
     }
+
+    /// How many times the backend switched region (to a replica, or back to the primary)
+    /// since it was opened; `0` for single-region backends.
+    fn failovers(&self) -> u64 {
+        0
+    }
 }
 
 /// `context` in one canonical byte form, used as associated data where a backend wraps with
