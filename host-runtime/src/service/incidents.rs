@@ -32,7 +32,7 @@ use crate::incidents::{
     QuarantineFilter, Recorded,
 };
 use crate::registry::Session;
-use crate::vault::Vault;
+use crate::vault::{Vault, VaultError};
 
 /// Occurrences committed together at most.
 const MAX_BATCH: usize = 256;
@@ -109,6 +109,7 @@ impl From<IncidentError> for AppError {
             IncidentError::Conflict(m) => AppError::new(StatusCode::CONFLICT, "conflict", m),
             IncidentError::Invalid(m) => AppError::bad_request("invalid_input", m),
             IncidentError::Registry(e) => e.into(),
+            IncidentError::Vault(e) => vault_error(e),
             other => {
                 tracing::error!(error = %other, "incident store failed");
                 AppError::new(
@@ -117,6 +118,41 @@ impl From<IncidentError> for AppError {
                     "the incident store could not be used; nothing was changed",
                 )
             }
+        }
+    }
+}
+
+/// A vault failure as an answer; never with the record's content.
+fn vault_error(e: VaultError) -> AppError {
+    match e {
+        VaultError::Unavailable(_) | VaultError::NoKey(_) => {
+            tracing::error!(error = %e, "the key backend is unavailable");
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vault_unavailable",
+                "the key backend is unavailable; nothing was changed",
+            )
+        }
+        VaultError::Shredded(_) => AppError::new(
+            StatusCode::GONE,
+            "erased",
+            "the item's key was destroyed with the user it belonged to",
+        ),
+        VaultError::WrongContext(_) | VaultError::Corrupt(_) => {
+            tracing::error!(error = %e, "a sealed record does not decrypt in its place");
+            AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "record_tampered",
+                "the stored item does not decrypt in its place: it was changed or moved",
+            )
+        }
+        other => {
+            tracing::error!(error = %other, "the vault failed");
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vault_unavailable",
+                "the vault could not be used; nothing was changed",
+            )
         }
     }
 }

@@ -936,7 +936,8 @@ fn cli_users_export_erase_and_purge_as_an_admin_with_audit_entries() {
     assert!(erase["actor"].as_str().unwrap().starts_with("psn:"));
     let subject = erase["subject"].as_str().unwrap();
     assert!(
-        subject.starts_with("user psn:") && subject.ends_with("2 profiles, 2 detections"),
+        subject.starts_with("user psn:")
+            && subject.ends_with("2 profiles, 2 detections, 0 encryption keys destroyed"),
         "{subject}"
     );
     assert!(entries.iter().any(|e| e["subject"]

@@ -90,6 +90,13 @@ detections = "30d"
 profiles = "7d"
 incidents = "180d"
 purge_every = "2h"
+
+[vault]
+master_key = "aws-kms:alias/sigil-vault;region=eu-west-1"
+key_store = "/var/lib/sigil-keys/keys.db"
+on_unavailable = "proceed"
+cache_max_age = "10m"
+cache_max_uses = 5000
 "#;
 
 const SECRETS: [(&str, &str); 2] = [
@@ -253,7 +260,7 @@ fn the_environment_wins_over_the_file() {
 }
 
 /// A valid value for every overridable key, different from its default.
-const EXAMPLES: [(&str, &str); 32] = [
+const EXAMPLES: [(&str, &str); 37] = [
     ("listen", "127.0.0.1:1"),
     ("metrics_listen", "localhost:9464"),
     ("data_dir", "/srv/sigil"),
@@ -286,6 +293,11 @@ const EXAMPLES: [(&str, &str); 32] = [
     ("retention.profiles", "3d"),
     ("retention.incidents", "3d"),
     ("retention.purge_every", "3h"),
+    ("vault.master_key", "local:/tmp/master.key"),
+    ("vault.key_store", "/tmp/keys.db"),
+    ("vault.on_unavailable", "proceed"),
+    ("vault.cache_max_age", "1m"),
+    ("vault.cache_max_uses", "10"),
 ];
 
 #[test]

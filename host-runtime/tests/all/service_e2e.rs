@@ -172,7 +172,7 @@ fn apikey(data: &Path, role: &str) -> String {
 }
 
 /// `sigil serve` with a config file; answers once `/healthz` does.
-fn serve(config: &Path, addr: &str) -> Child {
+pub(crate) fn serve(config: &Path, addr: &str) -> Child {
     let child = sigil()
         .arg("serve")
         .arg("--config")
@@ -188,7 +188,7 @@ fn serve(config: &Path, addr: &str) -> Child {
 }
 
 /// Kills the service when the test ends, however it ends.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -197,7 +197,7 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
