@@ -189,6 +189,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         StoreSetting::At(spec) => Some(spec.clone()),
         StoreSetting::DataFolder => Some(StoreSpec::Sqlite(db.clone())),
     };
+    // What users sent (quarantined input, excerpts) is sealed at rest under the user's key,
+    // in a key store apart from the data.
+    let vault = open_vault(&config.vault, &data_dir)?;
     let store = match &spec {
         Some(spec) => {
             let store =
@@ -200,6 +203,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 Behaviour {
                     store: store.clone(),
                     detections: config.detections.options(),
+                    vault: Some(vault.clone()),
                 },
                 in_registry,
             );
@@ -222,9 +226,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         IncidentStore::open_with_sinks(&db, &escalation.sinks)
             .with_context(|| format!("cannot open the incident store in `{}`", db.display()))?,
     );
-    // What a reviewer releases is the user's own input: it is sealed at rest under the
-    // user's key, in a key store apart from the data.
-    let vault = open_vault(&config.vault, &data_dir)?;
     let incident_store = match Arc::try_unwrap(incident_store) {
         Ok(store) => Arc::new(store.with_vault(vault.clone())),
         Err(_) => anyhow::bail!("the incident store is shared before it is set up"),

@@ -4,8 +4,9 @@
 //! Also the behaviour options that `sigil serve` and `sigil scan` share.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use guard_core::Level;
@@ -26,10 +27,17 @@ pub(super) struct BehaviourArgs {
     /// The lowest level recorded as a detection.
     #[arg(long, value_name = "LEVEL", default_value = "medium", value_parser = parse_level)]
     detections_from: Level,
-    /// Keep a redacted excerpt of what was found in each detection (by default no prompt text
-    /// is stored).
-    #[arg(long)]
+    /// Keep a redacted excerpt of what was found in each detection, sealed under the user's
+    /// key in the key store `--key-store` names (by default no prompt text is stored).
+    #[arg(long, requires = "key_store")]
     keep_excerpts: bool,
+    /// The key store excerpts are sealed with (see `sigil keys`); its master key is
+    /// `--master-key`, or `local:` the file `keys/master.key` beside it.
+    #[arg(long, value_name = "PATH", requires = "keep_excerpts")]
+    key_store: Option<PathBuf>,
+    /// The master key of `--key-store`: `local:PATH`, `aws-kms:…` or `pkcs11:…`.
+    #[arg(long, value_name = "SPEC", requires = "key_store")]
+    master_key: Option<String>,
 }
 
 impl BehaviourArgs {
@@ -44,12 +52,24 @@ impl BehaviourArgs {
     /// The store `spec` names, with these options.
     pub(super) fn open_spec(&self, spec: &StoreSpec) -> Result<Behaviour> {
         let store = store::open(spec).with_context(|| format!("cannot open the store `{spec}`"))?;
+        let vault = match &self.key_store {
+            Some(key_store) => {
+                let beside = key_store.parent().unwrap_or(Path::new("."));
+                let args = super::vault::VaultArgs {
+                    master_key: self.master_key.clone(),
+                    key_store: Some(key_store.clone()),
+                };
+                Some(Arc::new(args.open(beside)?))
+            }
+            None => None,
+        };
         Ok(Behaviour {
             store,
             detections: DetectionOptions {
                 min_level: self.detections_from,
                 keep_excerpts: self.keep_excerpts,
             },
+            vault,
         })
     }
 }
@@ -152,10 +172,12 @@ pub fn run(command: UsersCommand) -> Result<ExitCode> {
                 .transpose()?;
             let (mut registry, session) = args.at.session()?;
             let store = open(&spec(&args.store, &args.at))?;
+            let vault = args.vault.open(&args.at.data_dir)?;
             let (export, _) = export_user(
                 &mut registry,
                 &session,
                 store.as_ref(),
+                Some(&vault),
                 &id,
                 tenant.as_deref(),
                 args.at.now()?,

@@ -170,7 +170,10 @@ pub(super) fn detection_event(backend: &str, id: i64, d: &DetectionRecord) -> Va
             "score": d.score,
             "findings": d.findings,
             "digests": d.digests,
-            "excerpt": d.excerpt,
+            // A sealed excerpt stays in the store, under the user's key that erasure
+            // destroys: user text sent to a SIEM could not be erased with them.
+            "excerpt": d.excerpt.as_deref().filter(|e| !crate::vault::is_sealed(e)),
+            "excerpt_sealed": d.excerpt.as_deref().is_some_and(crate::vault::is_sealed),
         },
     })
 }

@@ -188,6 +188,14 @@ impl From<UsersError> for AppError {
         match e {
             UsersError::Registry(e) => e.into(),
             UsersError::Store(e) => e.into(),
+            UsersError::Sealed(e) | UsersError::Keys(e) => {
+                tracing::error!(error = %e, "a user's keys could not be used");
+                AppError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "vault_unavailable",
+                    "the user's encryption keys could not be used now; nothing was changed",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "user request failed");
                 AppError::new(

@@ -843,6 +843,7 @@ async fn user_export(
             registry,
             &session,
             behaviour.store.as_ref(),
+            behaviour.vault.as_deref(),
             &id,
             query.tenant.as_deref(),
             now_of(state)?,

@@ -8,8 +8,12 @@ use guard_core::{Assessment, AssessmentInput};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{detection, BoxError, DetectionOptions, ProfileKey, ProfileStore, StoreError, Update};
+use super::{
+    detection, BoxError, Detection, DetectionOptions, ProfileKey, ProfileStore, SegmentDigest,
+    StoreError, Update,
+};
 use crate::engine::{EngineError, GuardEngine};
+use crate::vault::{RecordContext, Vault};
 
 /// A store and what to record in it: what `sigil serve --store` runs with.
 #[derive(Debug, Clone)]
@@ -18,6 +22,47 @@ pub struct Behaviour {
     pub store: Arc<dyn ProfileStore>,
     /// Which assessments are recorded, and how.
     pub detections: DetectionOptions,
+    /// Seals excerpts under the user's key. Without one no excerpt is kept, whatever the
+    /// options say: an excerpt is the user's text and is never stored in the clear.
+    pub vault: Option<Arc<Vault>>,
+}
+
+/// The record kind excerpts are sealed as.
+pub const EXCERPT_KIND: &str = "detection-excerpt";
+
+/// The id an excerpt is sealed for: the digests of the texts it was taken from, so it opens
+/// only on the detection it belongs to.
+pub fn excerpt_record_id(digests: &[SegmentDigest]) -> String {
+    let mut id = String::from("segments");
+    for d in digests {
+        id.push(':');
+        id.push_str(&d.sha256);
+    }
+    id
+}
+
+/// `detection`'s excerpt sealed for `key`'s user, or dropped when there is no vault or sealing
+/// fails (the detection is still recorded).
+fn seal_excerpt(detection: &mut Detection, key: &ProfileKey, vault: Option<&Vault>) {
+    let Some(excerpt) = detection.excerpt.take() else {
+        return;
+    };
+    let Some(vault) = vault else {
+        return;
+    };
+    let id = excerpt_record_id(&detection.digests);
+    let ctx = RecordContext {
+        tenant: key.tenant().unwrap_or(""),
+        subject: key.subject(),
+        kind: EXCERPT_KIND,
+        id: &id,
+    };
+    match vault.seal(&ctx, excerpt.as_bytes()) {
+        Ok(sealed) => detection.excerpt = Some(sealed),
+        Err(e) => {
+            tracing::warn!(error = %e, "an excerpt could not be sealed; the detection is kept without it")
+        }
+    }
 }
 
 /// Why an assessment with a stored profile failed.
@@ -110,9 +155,13 @@ pub fn call_with_store(
         .map_err(|e| Box::new(e) as BoxError)?;
         let parsed: Answer<'_> = serde_json::from_str(&assessed)
             .map_err(|e| Box::new(AssessError::Answer(e.to_string())) as BoxError)?;
+        let mut detection = detection(segments, &parsed.assessment, &behaviour.detections);
+        if let Some(detection) = detection.as_mut() {
+            seal_excerpt(detection, key, behaviour.vault.as_deref());
+        }
         let update = Update {
             profile: parsed.profile.get().to_string(),
-            detection: detection(segments, &parsed.assessment, &behaviour.detections),
+            detection,
         };
         answer = assessed;
         Ok(update)

@@ -43,6 +43,9 @@ pub enum UsersError {
     /// The user's keys could not be destroyed; nothing was erased.
     #[error("the user's keys could not be destroyed, so nothing was erased: {0}")]
     Keys(#[from] crate::vault::VaultError),
+    /// The user's sealed records could not be opened for an export; nothing was exported.
+    #[error("the user's sealed records could not be opened, so nothing was exported: {0}")]
+    Sealed(crate::vault::VaultError),
     /// The data was erased in a separate store, but the audit entry could not be recorded.
     #[error("the user's data was erased ({} profiles, {} detections) but the audit entry could not be recorded: {source}", .erased.profiles, .erased.detections)]
     NotRecorded {
@@ -173,10 +176,15 @@ pub fn erase_user(
 
 /// Everything the store holds about the user, read as `session` (admin), with an `admin` entry
 /// recording that it was exported. Nothing is returned unless the entry was recorded.
+///
+/// Sealed excerpts are opened with `vault`; the export fails rather than hand out a sealed or
+/// partial record when the key backend is unavailable.
+#[allow(clippy::too_many_arguments)]
 pub fn export_user(
     registry: &mut Registry,
     session: &Session,
     store: &dyn ProfileStore,
+    vault: Option<&crate::vault::Vault>,
     subject: &str,
     tenant: Option<&str>,
     now: Timestamp,
@@ -185,7 +193,8 @@ pub fn export_user(
     const ACTION: &str = "export user data";
     check_ids(subject, tenant)?;
     registry.authorize(session, &[Role::Admin], ACTION)?;
-    let export = store.export(subject, tenant)?;
+    let mut export = store.export(subject, tenant)?;
+    open_excerpts(&mut export, vault)?;
     let pseudonym = store.pseudonym(subject)?;
     let ((), recorded) =
         registry.change_with(session, Role::Admin, ACTION, now, log_signer, |_, actor| {
@@ -240,4 +249,45 @@ pub fn purge_recorded(
             ))
         })?;
     Ok((purged, recorded))
+}
+
+/// The export's sealed excerpts opened in place. An excerpt that does not open where it is
+/// (moved from another record) is left out and logged; an outage fails the export.
+fn open_excerpts(
+    export: &mut Export,
+    vault: Option<&crate::vault::Vault>,
+) -> Result<(), UsersError> {
+    use crate::vault::{is_sealed, RecordContext, VaultError};
+    for record in &mut export.detections {
+        let Some(excerpt) = record.excerpt.take() else {
+            continue;
+        };
+        if !is_sealed(&excerpt) {
+            // Written before excerpts were sealed.
+            record.excerpt = Some(excerpt);
+            continue;
+        }
+        let Some(vault) = vault else {
+            return Err(UsersError::Sealed(VaultError::Config(
+                "the export holds sealed excerpts and no vault was given to open them".into(),
+            )));
+        };
+        let id = super::assess::excerpt_record_id(&record.digests);
+        let ctx = RecordContext {
+            tenant: record.tenant.as_deref().unwrap_or(""),
+            subject: &record.subject,
+            kind: super::assess::EXCERPT_KIND,
+            id: &id,
+        };
+        match vault.open_text(&ctx, &excerpt) {
+            Ok(text) => record.excerpt = Some(text.as_str().to_string()),
+            Err(e @ (VaultError::Unavailable(_) | VaultError::NoKey(_) | VaultError::Store(_))) => {
+                return Err(UsersError::Sealed(e))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a stored excerpt does not open in its record; it is left out of the export")
+            }
+        }
+    }
+    Ok(())
 }

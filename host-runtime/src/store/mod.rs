@@ -43,7 +43,10 @@ use guard_core::time::Timestamp;
 use guard_core::{Action, Level};
 use serde::Serialize;
 
-pub use assess::{assess_with_store, call_with_store, with_profile, AssessError, Behaviour};
+pub use assess::{
+    assess_with_store, call_with_store, excerpt_record_id, with_profile, AssessError, Behaviour,
+    EXCERPT_KIND,
+};
 pub use detection::{detection, redact, DetectionOptions, MAX_EXCERPT_CHARS};
 pub use erase::{erase_user, export_user, purge_recorded, EraseTarget, UsersError};
 pub use postgres::PostgresStore;
