@@ -40,6 +40,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::engine::EngineLimits;
+use crate::service::ServerLimits;
 use crate::store::{DetectionOptions, Retention, StoreSpec};
 use crate::telemetry::emf::{check_namespace, EmfTarget, DEFAULT_NAMESPACE};
 use crate::telemetry::logging::{LogFormat, LogOptions};
@@ -494,6 +495,12 @@ pub struct Limits {
     pub guard_memory: ByteSize,
     /// Guard instances kept in the pool (16).
     pub guard_instances: u32,
+    /// A request head must arrive within this time (15 s).
+    pub header_read_timeout: Span,
+    /// Connections served at once; more wait in the kernel's backlog (4096).
+    pub max_connections: u32,
+    /// How long a shutdown waits for calls in flight (20 s).
+    pub shutdown_grace: Span,
 }
 
 impl Default for Limits {
@@ -507,11 +514,23 @@ impl Default for Limits {
             guard_deadline_per_mib: Span(engine.deadline_per_mib),
             guard_memory: ByteSize(engine.memory_bytes as u64),
             guard_instances: engine.max_instances,
+            header_read_timeout: Span(ServerLimits::default().header_read_timeout),
+            max_connections: ServerLimits::default().max_connections as u32,
+            shutdown_grace: Span(ServerLimits::default().shutdown_grace),
         }
     }
 }
 
 impl Limits {
+    /// The listener's limits.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.header_read_timeout.duration(),
+            max_connections: self.max_connections as usize,
+            shutdown_grace: self.shutdown_grace.duration(),
+        }
+    }
+
     /// The engine's limits: these, and the engine's own input limit raised to the body limit
     /// where that is larger.
     pub fn engine_limits(&self) -> EngineLimits {
@@ -807,7 +826,7 @@ pub enum EnvKind {
 }
 
 /// Every key that an environment variable can override, with what its value is.
-pub const ENV_KEYS: [(&str, EnvKind); 37] = [
+pub const ENV_KEYS: [(&str, EnvKind); 40] = [
     ("listen", EnvKind::Text),
     ("metrics_listen", EnvKind::Text),
     ("data_dir", EnvKind::Text),
@@ -819,6 +838,9 @@ pub const ENV_KEYS: [(&str, EnvKind); 37] = [
     ("limits.guard_deadline_per_mib", EnvKind::Text),
     ("limits.guard_memory", EnvKind::Text),
     ("limits.guard_instances", EnvKind::Integer),
+    ("limits.header_read_timeout", EnvKind::Text),
+    ("limits.max_connections", EnvKind::Integer),
+    ("limits.shutdown_grace", EnvKind::Text),
     ("incidents.group_window", EnvKind::Text),
     ("escalation.retry_base", EnvKind::Text),
     ("escalation.retry_cap", EnvKind::Text),
@@ -1065,6 +1087,16 @@ impl ServiceConfig {
         }
         if !(1..=1024).contains(&l.guard_instances) {
             return Err(invalid("limits.guard_instances", "between 1 and 1024"));
+        }
+        let head = l.header_read_timeout.duration();
+        if head < Duration::from_secs(1) || head > Duration::from_secs(300) {
+            return Err(invalid("limits.header_read_timeout", "between 1s and 5m"));
+        }
+        if !(16..=1_000_000).contains(&l.max_connections) {
+            return Err(invalid("limits.max_connections", "between 16 and 1000000"));
+        }
+        if l.shutdown_grace.duration() > Duration::from_secs(600) {
+            return Err(invalid("limits.shutdown_grace", "at most 10m"));
         }
         if self.vault.cache_max_age.duration() > Duration::from_secs(24 * 3600) {
             return Err(invalid("vault.cache_max_age", "at most 24h"));

@@ -18,7 +18,7 @@ use crate::incidents::{
     Sink,
 };
 use crate::registry::Registry;
-use crate::service::{app, Access, AppState, IncidentDesk, RequestLimits};
+use crate::service::{self, app, Access, AppState, IncidentDesk, RequestLimits};
 use crate::signer::SignerSpec;
 use crate::store::{self, Behaviour, ProfileStore, Retention, StoreSpec};
 use crate::telemetry::emf::EmfWriter;
@@ -265,34 +265,31 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         .metrics_listen
         .as_ref()
         .map(|l| l.as_str().to_string());
+    let server_limits = config.limits.server_limits();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen.as_str())
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
-        let router = app(state);
         if let Some(metrics_listen) = metrics_listen {
             let metrics_listener = tokio::net::TcpListener::bind(metrics_listen.as_str())
                 .await
                 .with_context(|| format!("cannot listen on {metrics_listen}"))?;
             let addr = metrics_listener.local_addr()?;
             eprintln!("sigil serves /metrics on http://{addr}/metrics");
-            let metrics_router = router.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(metrics_listener, metrics_router)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the metrics listener failed");
-                }
-            });
+            let metrics_router = service::metrics_app(state.clone());
+            tokio::spawn(service::serve(
+                metrics_listener,
+                metrics_router,
+                server_limits,
+                shutdown_signal(),
+            ));
         }
+        let router = app(state);
         eprintln!("sigil listening on http://{local}");
         tracing::info!(addr = %local, "listening");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("server failed")
+        service::serve(listener, router, server_limits, shutdown_signal()).await;
+        anyhow::Ok(())
     })?;
     // Calls are answered; what they queued is stored, then delivered while there is time.
     desk.close();

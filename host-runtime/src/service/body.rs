@@ -1,10 +1,18 @@
 //! Reading request bodies within the service's memory budget and time limit.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
+use http_body_util::BodyExt as _;
 use serde::de::{Deserialize, DeserializeOwned};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{AppError, AppState, BODY_READ_TIMEOUT};
+
+/// How long a body waits for its share of the memory budget before it is answered 503: the
+/// budget is spent only by bodies really arriving, so a longer wait would only queue callers.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 fn too_large(limit: usize) -> AppError {
     AppError::new(
@@ -30,9 +38,10 @@ pub(super) fn is_json(headers: &HeaderMap) -> bool {
                 .is_some_and(|s| s.eq_ignore_ascii_case("+json")))
 }
 
-/// A JSON body as UTF-8 text. The body takes its declared length (or the whole limit when it
-/// declares none) from the shared budget while it is read, so memory stays bounded and slow
-/// clients cannot hold more than their share.
+/// A JSON body as UTF-8 text. Memory for the body is taken from the shared budget as its
+/// bytes arrive (never for bytes merely announced), so clients that announce large bodies and
+/// send nothing hold nothing; a body that cannot get its share within [`BUDGET_WAIT`] is
+/// answered 503, and the whole body must arrive within [`BODY_READ_TIMEOUT`].
 pub(super) async fn read_text(
     state: &AppState,
     headers: &HeaderMap,
@@ -53,40 +62,65 @@ pub(super) async fn read_text(
     if declared.is_some_and(|len| len > max_body) {
         return Err(too_large(max_body));
     }
-    let kib = declared
-        .unwrap_or(max_body)
-        .div_ceil(1024)
-        .max(1)
-        .min(state.body_budget_kib as usize);
-    let _budget = state
-        .body_budget
-        .clone()
-        .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
-        .await
-        .map_err(|_| AppError::stopping())?;
-    let bytes =
-        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, max_body)).await {
-            Err(_) => {
-                return Err(AppError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    format!(
-                        "the request body did not arrive within {} s",
-                        BODY_READ_TIMEOUT.as_secs()
-                    ),
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let timed_out = || {
+        AppError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
+    };
+    let mut body = body;
+    let mut bytes: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(64 << 10));
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut held_kib = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(AppError::bad_request(
+                    "invalid_body",
+                    "the request body could not be read",
                 ))
             }
-            Ok(Err(e)) => {
-                let over = std::error::Error::source(&e)
-                    .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
-                return Err(if over {
-                    too_large(max_body)
-                } else {
-                    AppError::bad_request("invalid_body", "the request body could not be read")
-                });
-            }
-            Ok(Ok(bytes)) => bytes,
+            Ok(Some(Ok(frame))) => frame,
         };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = bytes.len().saturating_add(data.len());
+        if total > max_body {
+            return Err(too_large(max_body));
+        }
+        let need_kib = total
+            .div_ceil(1024)
+            .min(state.body_budget_kib as usize)
+            .saturating_sub(held_kib);
+        if need_kib > 0 {
+            let wanted = u32::try_from(need_kib).unwrap_or(u32::MAX);
+            let wait = deadline.min(tokio::time::Instant::now() + BUDGET_WAIT);
+            let permit = match tokio::time::timeout_at(
+                wait,
+                state.body_budget.clone().acquire_many_owned(wanted),
+            )
+            .await
+            {
+                Err(_) => return Err(AppError::busy()),
+                Ok(Err(_)) => return Err(AppError::stopping()),
+                Ok(Ok(permit)) => permit,
+            };
+            match held.as_mut() {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+            held_kib += need_kib;
+        }
+        bytes.extend_from_slice(&data);
+    }
     String::from_utf8(bytes.to_vec()).map_err(|e| {
         AppError::bad_request(
             "invalid_utf8",

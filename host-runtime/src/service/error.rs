@@ -51,6 +51,14 @@ impl AppError {
         )
     }
 
+    pub(super) fn busy() -> Self {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the service is reading as many request bodies as its memory budget allows; retry shortly",
+        )
+    }
+
     pub(super) fn stopping() -> Self {
         AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -15,6 +15,7 @@ pub mod journal;
 mod outcome;
 mod registry;
 pub mod routes;
+mod server;
 mod templates;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use access::{Access, SESSION_TTL};
 pub use error::AppError;
 pub use incidents::{IncidentDesk, Unsealable};
 pub use outcome::{Call, Endpoint, Kept, Outcome};
+pub use server::{serve, ServerLimits};
 pub use templates::TEMPLATE_TTL;
 
 use crate::engine::{EngineError, GuardEngine};
@@ -222,9 +224,19 @@ impl AppState {
 
 /// The router.
 pub fn app(state: AppState) -> Router {
+    router_of(state, |_| true)
+}
+
+/// The router of a listener of its own for `/metrics`: that route alone, with the same keys,
+/// so opening the port to a monitoring network opens nothing else.
+pub fn metrics_app(state: AppState) -> Router {
+    router_of(state, |route| route.path == "/metrics")
+}
+
+fn router_of(state: AppState, serves: impl Fn(&routes::Route) -> bool) -> Router {
     use routes::Verb;
     let mut router = Router::new();
-    for route in routes::ROUTES {
+    for route in routes::ROUTES.iter().filter(|r| serves(r)) {
         let method = match (route.verb, route.path) {
             (Verb::Get, "/healthz") => get(healthz),
             (Verb::Get, "/readyz") => get(readyz),

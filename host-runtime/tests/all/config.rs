@@ -43,6 +43,9 @@ guard_deadline = "500ms"
 guard_deadline_per_mib = "1s"
 guard_memory = "256MiB"
 guard_instances = 8
+header_read_timeout = "20s"
+max_connections = 2000
+shutdown_grace = "30s"
 
 [incidents]
 group_window = "30m"
@@ -260,7 +263,7 @@ fn the_environment_wins_over_the_file() {
 }
 
 /// A valid value for every overridable key, different from its default.
-const EXAMPLES: [(&str, &str); 37] = [
+const EXAMPLES: [(&str, &str); 40] = [
     ("listen", "127.0.0.1:1"),
     ("metrics_listen", "localhost:9464"),
     ("data_dir", "/srv/sigil"),
@@ -272,6 +275,9 @@ const EXAMPLES: [(&str, &str); 37] = [
     ("limits.guard_deadline_per_mib", "3s"),
     ("limits.guard_memory", "64MiB"),
     ("limits.guard_instances", "3"),
+    ("limits.header_read_timeout", "5s"),
+    ("limits.max_connections", "100"),
+    ("limits.shutdown_grace", "1m"),
     ("incidents.group_window", "1h"),
     ("escalation.retry_base", "3s"),
     ("escalation.retry_cap", "1h"),
@@ -415,6 +421,12 @@ fn bad_values_are_refused_with_their_key() {
         ("[limits]\nguard_deadline = \"\"", "not a duration"),
         ("[limits]\nguard_memory = \"1MiB\"", "limits.guard_memory"),
         ("[limits]\nguard_instances = 0", "limits.guard_instances"),
+        (
+            "[limits]\nheader_read_timeout = \"0s\"",
+            "limits.header_read_timeout",
+        ),
+        ("[limits]\nmax_connections = 1", "limits.max_connections"),
+        ("[limits]\nshutdown_grace = \"1h\"", "limits.shutdown_grace"),
         (
             "[incidents]\ngroup_window = \"0s\"",
             "incidents.group_window",

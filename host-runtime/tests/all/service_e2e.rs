@@ -424,3 +424,120 @@ url = "http://{}/hook"
         "the stopping service delivered the last incident"
     );
 }
+
+/// Waits for `child` to exit, up to `limit` (a guard against a hang, not a measurement).
+fn exits_within(child: &mut Child, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A connection that sent `head` and nothing more.
+fn half_sent(addr: &str, head: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
+#[test]
+fn slow_and_silent_clients_neither_hold_memory_nor_block_others_nor_the_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("sigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{addr}\"\nmetrics_listen = \"{metrics_addr}\"\ndata_dir = \"{}\"\n\
+             [limits]\nmax_body_bytes = \"1MiB\"\nguard_instances = 2\n\
+             header_read_timeout = \"1s\"\nshutdown_grace = \"1s\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut service = Running(serve(&config, &addr));
+    let scanner = apikey(&data, "scanner");
+    let auditor = apikey(&data, "auditor");
+
+    // A request head that never ends is cut off after the header timeout.
+    let mut stalled = half_sent(&addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: aaaa");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = stalled.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "the half-sent head was not closed: {closed:?}"
+    );
+
+    // Bodies announced at the limit and never sent take none of the memory budget (2 × 2
+    // instances × 1 MiB): far more of them than it holds do not hold up an honest call.
+    let mut hogs = Vec::new();
+    for _ in 0..40 {
+        hogs.push(half_sent(
+            &addr,
+            &format!(
+                "POST /v1/scan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {scanner}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"text\": \"",
+                1 << 20
+            ),
+        ));
+    }
+    let (status, v) = http(
+        &addr,
+        "POST",
+        "/v1/scan",
+        Some(&scanner),
+        Some(&json!({"text": "What is the capital of France?"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    // The hogs are still connected: the honest call was not answered by their timing out.
+    let mut probe = [0u8; 1];
+    hogs[0].set_nonblocking(true).unwrap();
+    assert!(
+        matches!(hogs[0].read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a hog was answered before the honest call"
+    );
+    hogs[0].set_nonblocking(false).unwrap();
+
+    // The metrics port serves /metrics and nothing else.
+    let (status, _) = http(&metrics_addr, "GET", "/metrics", Some(&auditor), None);
+    assert_eq!(status, 200);
+    let (status, _) = http(
+        &metrics_addr,
+        "POST",
+        "/v1/scan",
+        Some(&scanner),
+        Some(&json!({"text": "hello"})),
+    );
+    assert_eq!(status, 404);
+
+    // A call stuck mid-body does not keep SIGTERM waiting past the grace period (the body's
+    // own timeout is 30 s).
+    let _stuck = half_sent(
+        &addr,
+        &format!(
+            "POST /v1/scan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {scanner}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"text\": \""
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = service.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        exits_within(&mut service.0, Duration::from_secs(25)),
+        "the service waited on a stuck connection"
+    );
+    drop(hogs);
+}
