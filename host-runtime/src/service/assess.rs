@@ -364,6 +364,25 @@ fn guard_request(
     Ok(out)
 }
 
+/// The prompt `template` renders with `values` at `now`, verified again natively; `None` if
+/// it does not verify or render (the guard already refused it then).
+fn render_held(
+    template: &super::templates::CachedTemplate,
+    now: &str,
+    values: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    let request = template.request_at(&serde_json::Value::String(now.to_string()));
+    let verified = guard_core::provenance::verify_request(request.as_bytes()).ok()?;
+    let schema =
+        guard_core::template::VariableSchema::from_json(template.variables_schema.as_bytes())
+            .ok()?;
+    let values: std::collections::BTreeMap<String, serde_json::Value> =
+        values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    guard_core::template::render(&verified, &schema, &values)
+        .ok()
+        .map(|r| r.text)
+}
+
 /// `POST /v1/guard`: `{template_id, version?, variables, input?, user?, tenant?}`.
 pub(super) async fn guard(
     State(state): State<AppState>,
@@ -524,16 +543,23 @@ pub(super) async fn guard(
             object.insert("profile".into(), profile);
         }
     }
+    // A held call's answer leaves the prompt out; the reviewer who releases it gets the
+    // prompt as this very version renders it, so the caller need not render again.
+    let held_prompt = match parsed.rendered {
+        Some(_) => None,
+        None => render_held(&template, &now, &values),
+    };
     let decision_context = json!({
         "request": {
             "template_id": request.template_id,
-            "version": request.version,
+            "version": template.version.or(request.version),
             "variables": values,
             "input": request.input,
             "user": request.user,
             "tenant": request.tenant,
         },
         "rendered_template": template_report,
+        "rendered": held_prompt,
         "answer": out,
     });
     let outcome = Outcome {

@@ -157,8 +157,16 @@ fn vault_error(e: VaultError) -> AppError {
     }
 }
 
+/// Refusals of the values a caller sent, not of the template: they open no incident.
+const VALUE_REFUSALS: [&str; 4] = [
+    "missing_variable",
+    "unknown_variable",
+    "invalid_value",
+    "invalid_request",
+];
+
 /// The occurrence a call makes, if it makes one: `high` and `critical` assessments and every
-/// template refusal.
+/// refusal of the template itself (its signature, digest, keys, version).
 fn occurrence(outcome: &Outcome<'_>) -> Result<Option<Occurrence>, AppError> {
     let at = Timestamp::parse(&outcome.now).map_err(|e| AppError::internal(&e.to_string()))?;
     Ok(match &outcome.call {
@@ -202,6 +210,9 @@ fn occurrence(outcome: &Outcome<'_>) -> Result<Option<Occurrence>, AppError> {
                 sealed: None,
             })
         }
+        // The caller's own values not fitting the schema are input errors, answered 422 and
+        // counted by code; an incident (and a page) is for a template that failed verification.
+        Call::Refused { code, .. } if VALUE_REFUSALS.contains(code) => None,
         Call::Refused {
             code,
             template_id,
