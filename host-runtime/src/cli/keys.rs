@@ -26,7 +26,7 @@ pub enum KeysCommand {
     },
     /// The vault's master key and key store.
     #[command(flatten)]
-    Vault(super::vault::VaultCommand),
+    Vault(Box<super::vault::VaultCommand>),
 }
 
 pub fn run(command: KeysCommand) -> Result<ExitCode> {
@@ -43,6 +43,6 @@ pub fn run(command: KeysCommand) -> Result<ExitCode> {
             outln!("fingerprint  {}", files.fingerprint);
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Vault(command) => super::vault::run(command),
+        KeysCommand::Vault(command) => super::vault::run(*command),
     }
 }

@@ -23,8 +23,10 @@ mod signer_kms;
 mod signer_local;
 mod signer_pkcs11;
 mod signing;
+mod softhsm;
 mod telemetry;
 mod validate;
+mod vault_pkcs11;
 
 use std::path::PathBuf;
 
