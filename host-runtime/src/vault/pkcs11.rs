@@ -445,14 +445,14 @@ impl Pkcs11MasterKey {
             // before 2.7 answers CKR_GENERAL_ERROR. Either way the blob or its context is not
             // what was wrapped.
             Err(P11Error::Pkcs11(
-                RvError::EncryptedDataInvalid
+                rv @ (RvError::EncryptedDataInvalid
                 | RvError::EncryptedDataLenRange
-                | RvError::GeneralError,
+                | RvError::GeneralError),
                 _,
             )) => {
-                return Err(VaultError::WrongContext(
-                    "a data key does not unwrap with its context".into(),
-                ))
+                return Err(VaultError::WrongContext(format!(
+                    "a data key does not unwrap with its context (the token answered {rv:?})"
+                )))
             }
             // Destroyed by a retirement in another process.
             Err(P11Error::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
@@ -612,6 +612,22 @@ mod tests {
         assert!(refused("pkcs11:module=m.so;key=k;key=k2").contains("given twice"));
         assert!(refused("pkcs11:module=m.so;key=%zz").contains("%XX"));
         assert!(refused("aws-kms:alias/x").contains("not a PKCS#11 key"));
+    }
+
+    #[test]
+    fn configuration_checks_read_master_key_specs_as_master_keys() {
+        use crate::vault::check_spec;
+        check_spec("pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=t;key=k;create=no")
+            .unwrap();
+        // A signer's spec is not a master key's: `scheme=` has no meaning here.
+        assert!(matches!(
+            check_spec("pkcs11:module=m.so;token=t;key=k;scheme=pss"),
+            Err(VaultError::Config(_))
+        ));
+        assert!(matches!(
+            check_spec("pkcs11:module=m.so;token=t"),
+            Err(VaultError::Config(_))
+        ));
     }
 
     #[test]

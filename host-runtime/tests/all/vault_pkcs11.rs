@@ -541,3 +541,96 @@ fn pkcs11_sigil_keys_status_rotate_rewrap_retire_and_check_against_the_token() {
         },
     );
 }
+
+/// `sigil serve` with `[vault] master_key` on the token: refused with a wrong PIN, serving with
+/// the right one, and the token then holds the key's first version.
+#[test]
+fn pkcs11_sigil_serve_opens_its_master_key_on_the_token() {
+    let (_temp, hsm) = new_token();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let config = dir.path().join("sigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{addr}\"\ndata_dir = \"{}\"\n\n[vault]\nmaster_key = \"pkcs11:module={MODULE};token={TOKEN};key={KEY}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let serve = |pin: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SOFTHSM2_CONF", hsm.conf())
+            .env("SIGIL_PKCS11_PIN", pin)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+
+    let mut refused = serve("0000");
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("the service started with a wrong PIN");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !status.success() && stderr.contains("PIN is wrong"),
+        "{stderr}"
+    );
+
+    let mut running = serve(PIN);
+    loop {
+        if let Some(status) = running.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut running.stderr.take().unwrap(), &mut stderr)
+                .unwrap();
+            panic!("the service stopped ({status}): {stderr}");
+        }
+        let healthy = std::net::TcpStream::connect(&addr).is_ok()
+            && crate::service_e2e::http(&addr, "GET", "/healthz", None, None).0 == 200;
+        if healthy {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = running.kill();
+            panic!("the service did not answer");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = running.kill();
+    let _ = running.wait();
+    let objects = hsm.run(
+        "pkcs11-tool",
+        &[
+            "--module",
+            MODULE,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--pin",
+            PIN,
+            "--list-objects",
+            "--type",
+            "secrkey",
+        ],
+    );
+    assert!(objects.contains("sigil-master/v1"), "{objects}");
+}
