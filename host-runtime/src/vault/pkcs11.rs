@@ -17,14 +17,14 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use cryptoki::error::{Error as P11Error, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::Session;
+use cryptoki::session::{Session, SessionState};
 use cryptoki::types::Ulong;
 use zeroize::Zeroizing;
 
@@ -138,8 +138,11 @@ pub struct Pkcs11MasterKey {
     state: Mutex<State>,
     label: String,
     token: String,
-    module: PathBuf,
+    /// What it was opened with, to open a new session when the token drops this one.
+    options: Pkcs11MasterOptions,
     calls: AtomicU64,
+    /// Set when a call failed because the session or the login is gone.
+    session_lost: AtomicBool,
 }
 
 impl std::fmt::Debug for Pkcs11MasterKey {
@@ -215,8 +218,9 @@ impl Pkcs11MasterKey {
             }),
             label: options.key_label.clone(),
             token: opened.label,
-            module: options.module.clone(),
+            options: options.clone(),
             calls: AtomicU64::new(1),
+            session_lost: AtomicBool::new(false),
         };
         {
             let mut state = key.lock()?;
@@ -246,11 +250,74 @@ impl Pkcs11MasterKey {
     }
 
     fn error(&self, what: &str, error: P11Error) -> VaultError {
+        if let P11Error::Pkcs11(
+            RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::UserNotLoggedIn
+            | RvError::DeviceRemoved
+            | RvError::TokenNotPresent,
+            _,
+        ) = error
+        {
+            self.session_lost.store(true, Ordering::Relaxed);
+        }
         pkcs11_token::classify(&format!("{what} on token `{}`", self.token), error).into()
+    }
+
+    /// Runs `op` in the session; when the token dropped the session or the login (it was
+    /// restarted or reset), opens a new session and runs `op` once more. A token still away
+    /// answers the first error.
+    fn with_session<T>(
+        &self,
+        op: impl Fn(&mut State) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let mut state = self.lock()?;
+        self.session_lost.store(false, Ordering::Relaxed);
+        match op(&mut state) {
+            Err(error) if self.session_lost.swap(false, Ordering::Relaxed) => {
+                if self.reopen(&mut state).is_err() {
+                    return Err(error);
+                }
+                op(&mut state)
+            }
+            other => other,
+        }
+    }
+
+    fn reopen(&self, state: &mut State) -> Result<(), VaultError> {
+        let opened = pkcs11_token::open_session(
+            &TokenAccess {
+                module: &self.options.module,
+                token: self.options.token.as_deref(),
+                slot: self.options.slot,
+                pin: &self.options.pin,
+            },
+            true,
+        )?;
+        state.session = opened.session;
+        // Object handles need not survive a new session on every token.
+        self.refresh(state)
     }
 
     /// Reads the versions from the token again (another process may have rotated or retired).
     fn refresh(&self, state: &mut State) -> Result<(), VaultError> {
+        // Logged out (the token was reset), the key's private objects are invisible: that is
+        // a lost login, not a key with no versions.
+        self.call();
+        let info = state
+            .session
+            .get_session_info()
+            .map_err(|e| self.error("cannot read the session's state", e))?;
+        if !matches!(
+            info.session_state(),
+            SessionState::RwUser | SessionState::RoUser
+        ) {
+            self.session_lost.store(true, Ordering::Relaxed);
+            return Err(VaultError::Unavailable(format!(
+                "the session on token `{}` is no longer logged in",
+                self.token
+            )));
+        }
         self.call();
         let handles = state
             .session
@@ -487,25 +554,27 @@ impl MasterKey for Pkcs11MasterKey {
             "PKCS#11 key `{}` on token `{}` ({})",
             self.label,
             self.token,
-            self.module.display()
+            self.options.module.display()
         )
     }
 
     fn current_key_id(&self) -> Result<String, VaultError> {
-        let mut state = self.lock()?;
-        self.refresh(&mut state)?;
-        self.current(&state).map(|v| v.id.clone())
+        self.with_session(|state| {
+            self.refresh(state)?;
+            self.current(state).map(|v| v.id.clone())
+        })
     }
 
     fn generate_data_key(&self, context: &KeyContext) -> Result<NewDataKey, VaultError> {
-        let mut state = self.lock()?;
-        // A rotation from another process makes new keys go under the new version.
-        self.refresh(&mut state)?;
-        let mut plaintext = Zeroizing::new([0u8; KEY_LEN]);
-        self.random(&state.session, plaintext.as_mut())?;
-        let current = self.current(&state)?;
-        let wrapped = self.wrap_with(&state.session, current, &plaintext, context)?;
-        Ok(NewDataKey { plaintext, wrapped })
+        self.with_session(|state| {
+            // A rotation from another process makes new keys go under the new version.
+            self.refresh(state)?;
+            let mut plaintext = Zeroizing::new([0u8; KEY_LEN]);
+            self.random(&state.session, plaintext.as_mut())?;
+            let current = self.current(state)?;
+            let wrapped = self.wrap_with(&state.session, current, &plaintext, context)?;
+            Ok(NewDataKey { plaintext, wrapped })
+        })
     }
 
     fn decrypt_data_key(
@@ -513,32 +582,42 @@ impl MasterKey for Pkcs11MasterKey {
         wrapped: &WrappedKey,
         context: &KeyContext,
     ) -> Result<DataKeyBytes, VaultError> {
-        let mut state = self.lock()?;
-        self.unwrap_with(&mut state, wrapped, context)
+        self.with_session(|state| self.unwrap_with(state, wrapped, context))
     }
 
     /// Unwraps and wraps again in one locked session; the data key is on the host for that
     /// moment only (see the module's note on why not `C_WrapKey`). The current version is the
     /// one [`MasterKey::current_key_id`] last read from the token.
     fn rewrap(&self, wrapped: &WrappedKey, context: &KeyContext) -> Result<WrappedKey, VaultError> {
-        let mut state = self.lock()?;
-        let key = self.unwrap_with(&mut state, wrapped, context)?;
-        let current = self.current(&state)?;
-        self.wrap_with(&state.session, current, &key, context)
+        self.with_session(|state| {
+            let key = self.unwrap_with(state, wrapped, context)?;
+            let current = self.current(state)?;
+            self.wrap_with(&state.session, current, &key, context)
+        })
     }
 
     fn rotate(&self) -> Result<String, VaultError> {
-        let mut state = self.lock()?;
-        self.refresh(&mut state)?;
-        let next = self.current(&state)?.number.checked_add(1).ok_or_else(|| {
-            VaultError::Invalid("the master key has no version numbers left".into())
-        })?;
-        self.create_version(&mut state, next)
+        self.with_session(|state| {
+            self.refresh(state)?;
+            let next = self.current(state)?.number.checked_add(1).ok_or_else(|| {
+                VaultError::Invalid("the master key has no version numbers left".into())
+            })?;
+            self.create_version(state, next)
+        })
     }
 
     fn retire(&self, key_id: &str) -> Result<(), VaultError> {
-        let mut state = self.lock()?;
-        self.refresh(&mut state)?;
+        self.with_session(|state| self.retire_in(state, key_id))
+    }
+
+    fn backend_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl Pkcs11MasterKey {
+    fn retire_in(&self, state: &mut State, key_id: &str) -> Result<(), VaultError> {
+        self.refresh(state)?;
         let index = state
             .versions
             .iter()
@@ -561,10 +640,6 @@ impl MasterKey for Pkcs11MasterKey {
             .map_err(|e| self.error(&format!("cannot destroy {key_id}"), e))?;
         state.versions.remove(index);
         Ok(())
-    }
-
-    fn backend_calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
     }
 }
 

@@ -634,3 +634,52 @@ fn pkcs11_sigil_serve_opens_its_master_key_on_the_token() {
     );
     assert!(objects.contains("sigil-master/v1"), "{objects}");
 }
+
+#[test]
+fn pkcs11_a_token_that_drops_the_login_is_logged_in_to_again() {
+    in_child(
+        "vault_pkcs11::pkcs11_a_token_that_drops_the_login_is_logged_in_to_again",
+        new_token,
+        |hsm| {
+            let dir = tempfile::tempdir().unwrap();
+            let master = vault::open_master(&spec(hsm, "")).unwrap();
+            let vault = open_vault(master.clone(), &dir.path().join("keys.db"));
+            let record = Record::seal(&vault, "acme", "alice", "a-1");
+            let key = master
+                .generate_data_key(&tenant_context("acme", "k"))
+                .unwrap();
+
+            // Another session of this process logs out: the login is per token and process, so
+            // the vault's session is logged out too, as after a token reset.
+            let pkcs11 = Pkcs11::new(MODULE).unwrap();
+            match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+                Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+                Err(e) => panic!("{e}"),
+            }
+            let slot = pkcs11.get_slots_with_initialized_token().unwrap()[0];
+            let session = pkcs11.open_ro_session(slot).unwrap();
+            let label = [Attribute::Label(b"sigil-master/v1".to_vec())];
+            let log_out = || {
+                session.logout().unwrap();
+                // Private objects are out of sight now.
+                assert!(session.find_objects(&label).unwrap().is_empty());
+            };
+
+            log_out();
+            assert_eq!(
+                *master
+                    .decrypt_data_key(&key.wrapped, &tenant_context("acme", "k"))
+                    .unwrap(),
+                *key.plaintext
+            );
+            assert_eq!(session.find_objects(&label).unwrap().len(), 1);
+            log_out();
+            master
+                .generate_data_key(&tenant_context("globex", "k"))
+                .unwrap();
+            log_out();
+            vault.clear_cache();
+            assert_eq!(record.open(&vault).unwrap(), record.text);
+        },
+    );
+}
