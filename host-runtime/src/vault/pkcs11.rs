@@ -7,9 +7,9 @@
 //! (`pkcs11:LABEL/v2:0f1e…`), so a version made again under a number that was used before (a
 //! restored backup, a second token) is never mistaken for the key that wrapped older data.
 //!
-//! Why `C_Encrypt`/`C_Decrypt` with `CKM_AES_GCM` rather than `C_WrapKey`: SoftHSM2 (and many
-//! HSMs) accept only `CKM_AES_KEY_WRAP[_PAD]`, CBC and RSA mechanisms in `C_WrapKey`, none of
-//! which binds associated data, so the tenant context would need a second key (an HMAC) per
+//! Why `C_Encrypt`/`C_Decrypt` with `CKM_AES_GCM` rather than `C_WrapKey`: SoftHSM2's
+//! `C_WrapKey` takes `CKM_AES_KEY_WRAP[_PAD]`, CBC and RSA mechanisms but not GCM, and none of
+//! those binds associated data, so the tenant context would need a second key (an HMAC) per
 //! version. The data key is handed to the vault in the clear anyway (it encrypts on the host),
 //! so wrapping its bytes with GCM inside the token exposes nothing a `C_WrapKey` would protect,
 //! and binds the context the same way KMS's encryption context does. Data keys and IVs come
@@ -189,6 +189,18 @@ fn version_number(digits: &str) -> Option<u32> {
 impl Pkcs11MasterKey {
     /// Logs in to the token and finds the key's versions; makes version 1 inside the token when
     /// there is none and `options.create` allows it.
+    ///
+    /// ```no_run
+    /// use host_runtime::vault::{MasterKey as _, Pkcs11MasterKey, Pkcs11MasterOptions};
+    ///
+    /// let options: Pkcs11MasterOptions =
+    ///     "pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=vault;key=sigil-master".parse()?;
+    /// let master = Pkcs11MasterKey::open(&options)?;
+    /// let context = [("sigil:tenant".to_string(), "acme".to_string())].into();
+    /// let key = master.generate_data_key(&context)?;
+    /// assert_eq!(*master.decrypt_data_key(&key.wrapped, &context)?, *key.plaintext);
+    /// # Ok::<(), host_runtime::vault::VaultError>(())
+    /// ```
     pub fn open(options: &Pkcs11MasterOptions) -> Result<Self, VaultError> {
         let opened = pkcs11_token::open_session(
             &TokenAccess {
