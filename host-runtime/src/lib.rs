@@ -16,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod incidents;
 pub mod metrics;
+mod pkcs11_token;
 pub mod plot;
 pub mod registry;
 pub mod service;

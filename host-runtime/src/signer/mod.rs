@@ -25,7 +25,7 @@ mod aws_kms;
 mod der;
 mod local;
 mod pkcs11;
-mod spec;
+pub(crate) mod spec;
 
 pub use aws_kms::{AwsKmsSigner, KmsKey, KmsOptions, KmsRotation};
 pub use local::{public_pem, KeyFiles, LocalSigner};

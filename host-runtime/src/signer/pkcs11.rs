@@ -8,37 +8,28 @@
 //! A module is loaded and initialized once per process and never finalized: PKCS#11 allows one
 //! `C_Initialize` per process, and a finalize would pull the module from under every other signer.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::Mutex;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::context::Pkcs11;
+use cryptoki::error::Error as P11Error;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use cryptoki::slot::Slot;
-use cryptoki::types::{AuthPin, Ulong};
+use cryptoki::types::Ulong;
 use guard_core::Scheme;
 
 use super::{check_public_key, check_signature_len, der, fingerprint, sha256, SignError, Signer};
+pub use crate::pkcs11_token::PinSource;
+use crate::pkcs11_token::{self, TokenAccess, TokenError};
 
 /// The DER prefix of a SHA-256 DigestInfo (RFC 8017, 9.2, note 1).
 const SHA256_DIGEST_INFO: [u8; 19] = [
     0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
     0x00, 0x04, 0x20,
 ];
-
-/// Where the token's user PIN comes from. Never a command-line argument: those are visible to
-/// every user of the machine and end up in shell history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PinSource {
-    /// An environment variable.
-    Env(String),
-    /// A file (its first line; mode 0600 is advisable).
-    File(PathBuf),
-}
 
 /// Which signing mechanisms to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,18 +89,20 @@ impl Pkcs11Signer {
     /// Loads the module, finds the token, logs in with the PIN, finds the private key, reads its
     /// public key, and chooses the mechanism.
     pub fn open(options: &Pkcs11Options) -> Result<Self, SignError> {
-        // The module first: a missing library is the more basic mistake than a missing PIN.
-        let pkcs11 = module(&options.module)?;
-        let pin = read_pin(&options.pin)?;
-        let (slot, token) = find_slot(&pkcs11, options)?;
-        let session = pkcs11
-            .open_ro_session(slot)
-            .map_err(|e| p11_error(&format!("cannot open a session on token `{token}`"), e))?;
-        match session.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
-            // Login state is per token and process: another signer on this token logged in.
-            Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => return Err(p11_error(&format!("cannot log in to token `{token}`"), e)),
-        }
+        let pkcs11_token::OpenToken {
+            pkcs11,
+            slot,
+            label: token,
+            session,
+        } = pkcs11_token::open_session(
+            &TokenAccess {
+                module: &options.module,
+                token: options.token.as_deref(),
+                slot: options.slot,
+                pin: &options.pin,
+            },
+            false,
+        )?;
         let name = match (&options.key_label, &options.key_id) {
             (Some(label), _) => format!("`{label}` on token `{token}`"),
             (None, Some(id)) => {
@@ -184,101 +177,6 @@ impl Signer for Pkcs11Signer {
             .sign(&mechanism, self.key, &data)
             .map_err(|e| p11_error(&format!("the token cannot sign with {}", self.name), e))?;
         check_signature_len(signature, &self.public_der, self.scheme)
-    }
-}
-
-fn read_pin(source: &PinSource) -> Result<String, SignError> {
-    match source {
-        PinSource::Env(var) => std::env::var(var).map_err(|_| {
-            SignError::Config(format!(
-                "the token PIN is read from the environment variable `{var}`, which is not set"
-            ))
-        }),
-        PinSource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| SignError::Io {
-                context: format!("cannot read the token PIN from `{}`", path.display()),
-                source,
-            })?;
-            Ok(text.lines().next().unwrap_or_default().to_string())
-        }
-    }
-}
-
-/// The module at `path`, loaded and initialized once for the whole process.
-fn module(path: &Path) -> Result<Pkcs11, SignError> {
-    static MODULES: OnceLock<Mutex<BTreeMap<PathBuf, Pkcs11>>> = OnceLock::new();
-    if !path.is_file() {
-        return Err(SignError::Config(format!(
-            "PKCS#11 module `{}` does not exist (SoftHSM2's is /usr/lib/softhsm/libsofthsm2.so, from the softhsm2 package)",
-            path.display()
-        )));
-    }
-    let mut modules = MODULES
-        .get_or_init(Mutex::default)
-        .lock()
-        .map_err(|_| SignError::Backend("the PKCS#11 module table was poisoned".into()))?;
-    if let Some(pkcs11) = modules.get(path) {
-        return Ok(pkcs11.clone());
-    }
-    let pkcs11 = Pkcs11::new(path).map_err(|e| {
-        SignError::Config(format!(
-            "`{}` cannot be loaded as a PKCS#11 module ({e})",
-            path.display()
-        ))
-    })?;
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => {
-            return Err(p11_error(
-                &format!("PKCS#11 module `{}` cannot be initialized", path.display()),
-                e,
-            ))
-        }
-    }
-    modules.insert(path.to_path_buf(), pkcs11.clone());
-    Ok(pkcs11)
-}
-
-fn find_slot(pkcs11: &Pkcs11, options: &Pkcs11Options) -> Result<(Slot, String), SignError> {
-    let slots = pkcs11
-        .get_slots_with_initialized_token()
-        .map_err(|e| p11_error("cannot list the module's tokens", e))?;
-    let mut found = Vec::new();
-    let mut labels = Vec::new();
-    for slot in slots {
-        let info = pkcs11
-            .get_token_info(slot)
-            .map_err(|e| p11_error("cannot read a token's label", e))?;
-        let label = info.label().trim_end().to_string();
-        labels.push(format!("`{label}` (slot {})", slot.id()));
-        let by_slot = options.slot.is_none_or(|id| id == slot.id());
-        let by_label = options.token.as_ref().is_none_or(|t| *t == label);
-        if by_slot && by_label {
-            found.push((slot, label));
-        }
-    }
-    let wanted = match (&options.token, options.slot) {
-        (Some(label), _) => format!("token `{label}`"),
-        (None, Some(id)) => format!("slot {id}"),
-        (None, None) => "an initialized token".to_string(),
-    };
-    let listed = if labels.is_empty() {
-        "none".to_string()
-    } else {
-        labels.join(", ")
-    };
-    match found.len() {
-        1 => found
-            .pop()
-            .ok_or_else(|| SignError::NotFound(wanted.clone())),
-        0 => Err(SignError::NotFound(format!(
-            "no {wanted} in `{}` (tokens: {listed})",
-            options.module.display()
-        ))),
-        _ => Err(SignError::Config(format!(
-            "more than one {wanted} in `{}` ({listed}); name it with `token=` or `slot-id=`",
-            options.module.display()
-        ))),
     }
 }
 
@@ -379,27 +277,19 @@ fn with_name(error: SignError, name: &str) -> SignError {
 
 /// A PKCS#11 failure, sorted by what the operator has to do about it.
 fn p11_error(what: &str, error: P11Error) -> SignError {
-    let message = format!("{what} ({error})");
-    match error {
-        P11Error::Pkcs11(rv, _) => match rv {
-            RvError::PinIncorrect => SignError::Denied(format!("{what}: the PIN is wrong")),
-            RvError::PinLocked => SignError::Denied(format!(
-                "{what}: the PIN is locked after too many wrong tries"
-            )),
-            RvError::PinExpired | RvError::PinInvalid | RvError::PinLenRange => {
-                SignError::Denied(message)
-            }
-            RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid => {
-                SignError::NotFound(message)
-            }
-            RvError::KeyFunctionNotPermitted | RvError::KeyTypeInconsistent => {
-                SignError::Key(message)
-            }
-            RvError::TokenNotPresent | RvError::DeviceRemoved | RvError::DeviceError => {
-                SignError::Unavailable(message)
-            }
-            _ => SignError::Backend(message),
-        },
-        _ => SignError::Backend(message),
+    pkcs11_token::classify(what, error).into()
+}
+
+impl From<TokenError> for SignError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Module(m) | TokenError::Config(m) => SignError::Config(m),
+            TokenError::PinFile { context, source } => SignError::Io { context, source },
+            TokenError::NoToken(m) | TokenError::NotFound(m) => SignError::NotFound(m),
+            TokenError::Denied(m) => SignError::Denied(m),
+            TokenError::Key(m) => SignError::Key(m),
+            TokenError::Unavailable(m) => SignError::Unavailable(m),
+            TokenError::Backend(m) => SignError::Backend(m),
+        }
     }
 }

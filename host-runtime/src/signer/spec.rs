@@ -29,6 +29,15 @@ use super::{KmsOptions, PinSource, Pkcs11Mechanism, Pkcs11Options, SignError};
 /// `scheme=` is `rsassa-pkcs1v15-sha256` (the default; `pkcs1` for short) or
 /// `rsassa-pss-sha256` (`pss`).
 ///
+/// The vault's master key (`[vault] master_key`, `sigil keys --master-key`) is named the same
+/// way; `local:` and `aws-kms:` mean what they mean here. As a master key,
+/// `pkcs11:module=PATH;token=LABEL;key=LABEL` takes the same module, token, slot and PIN
+/// attributes, and `key=` names an AES-256 key kept in versions `LABEL/v1`, `LABEL/v2`, … (the
+/// highest is current; see [`crate::vault::Pkcs11MasterKey`]). When the token holds no version
+/// yet, the first use makes `LABEL/v1` inside the token; `create=no` refuses instead (for
+/// production, where a missing key means the wrong token). `id=`, `type=`, `scheme=` and
+/// `mechanism=` are the signer's and are refused there.
+///
 /// ```
 /// use host_runtime::signer::SignerSpec;
 ///
@@ -62,44 +71,7 @@ impl FromStr for SignerSpec {
     type Err = SignError;
 
     fn from_str(text: &str) -> Result<Self, SignError> {
-        let Some((backend, rest)) = text.split_once(':') else {
-            return Err(spec_error(format!(
-                "`{text}` names no backend; use `local:PATH`, `aws-kms:KEY` or `pkcs11:module=…;token=…;key=…`"
-            )));
-        };
-        let (path_part, query) = match backend {
-            // Only PKCS#11 URIs have a query part; a `?` elsewhere belongs to the value.
-            "pkcs11" => rest.split_once('?').unwrap_or((rest, "")),
-            _ => (rest, ""),
-        };
-        let mut positional = None;
-        let mut attributes = Vec::new();
-        let items = path_part.split(';').map(|item| (item, ';'));
-        let queries = query.split('&').map(|item| (item, '&'));
-        for (index, (item, _)) in items.chain(queries).enumerate() {
-            if item.is_empty() {
-                continue;
-            }
-            match item.split_once('=') {
-                Some((name, value)) if backend != "local" || index > 0 || is_attribute(name) => {
-                    let name = name.to_ascii_lowercase();
-                    // A CKA_ID is bytes, not text: it is decoded on its own.
-                    let value = if name == "id" {
-                        value.to_string()
-                    } else {
-                        percent_decode(value)?
-                    };
-                    attributes.push((name, value));
-                }
-                _ if index == 0 => positional = Some(percent_decode(item)?),
-                _ => {
-                    return Err(spec_error(format!(
-                        "`{item}` is not `name=value` (a bare value may only come first)"
-                    )))
-                }
-            }
-        }
-        let mut attributes = Attributes(attributes);
+        let (backend, positional, mut attributes) = split(text)?;
         let spec = match backend {
             "local" => {
                 let path = attributes.take("path").or(positional).ok_or_else(|| {
@@ -129,42 +101,8 @@ impl FromStr for SignerSpec {
                         "`pkcs11:` takes `name=value` attributes, not `{value}`"
                     )));
                 }
-                if attributes.take("pin-value").is_some() {
-                    return Err(spec_error(
-                        "a PIN is not taken from the spec; use `pin-env=VAR` or `pin-file=PATH`",
-                    ));
-                }
-                let module = attributes
-                    .take("module")
-                    .or_else(|| attributes.take("module-path"))
-                    .ok_or_else(|| {
-                        spec_error("`pkcs11:` needs `module=PATH` (the token's PKCS#11 library, such as /usr/lib/softhsm/libsofthsm2.so)")
-                    })?;
-                let pin = match (
-                    attributes.take("pin-env"),
-                    attributes.take("pin-file"),
-                    attributes.take("pin-source"),
-                ) {
-                    (Some(var), None, None) => PinSource::Env(var),
-                    (None, Some(path), None) => PinSource::File(PathBuf::from(path)),
-                    (None, None, Some(source)) => match source.strip_prefix("file:") {
-                        Some(path) => PinSource::File(PathBuf::from(path)),
-                        None => PinSource::File(PathBuf::from(source)),
-                    },
-                    (None, None, None) => PinSource::Env(DEFAULT_PIN_ENV.to_string()),
-                    _ => {
-                        return Err(spec_error(
-                            "name one of `pin-env`, `pin-file` and `pin-source`",
-                        ))
-                    }
-                };
+                let token = attributes.token()?;
                 let key_id = attributes.take("id").map(|id| decode_id(&id)).transpose()?;
-                let slot = match attributes.take("slot-id") {
-                    Some(slot) => Some(slot.parse::<u64>().map_err(|_| {
-                        spec_error(format!("`slot-id={slot}` is not a slot number"))
-                    })?),
-                    None => None,
-                };
                 let mechanism = match attributes.take("mechanism").as_deref() {
                     None | Some("auto") => Pkcs11Mechanism::Auto,
                     Some("sha256-rsa") => Pkcs11Mechanism::Sha256Rsa,
@@ -188,12 +126,12 @@ impl FromStr for SignerSpec {
                     return Err(spec_error("`pkcs11:` needs the key: `key=LABEL` or `id=…`"));
                 }
                 SignerSpec::Pkcs11(Pkcs11Options {
-                    module: PathBuf::from(module),
-                    token: attributes.take("token"),
-                    slot,
+                    module: token.module,
+                    token: token.token,
+                    slot: token.slot,
                     key_label,
                     key_id,
-                    pin,
+                    pin: token.pin,
                     scheme: attributes.scheme()?,
                     mechanism,
                 })
@@ -209,7 +147,7 @@ impl FromStr for SignerSpec {
     }
 }
 
-fn spec_error(message: impl Into<String>) -> SignError {
+pub(crate) fn spec_error(message: impl Into<String>) -> SignError {
     SignError::Spec(message.into())
 }
 
@@ -218,10 +156,108 @@ fn is_attribute(name: &str) -> bool {
     matches!(name, "path" | "scheme")
 }
 
-struct Attributes(Vec<(String, String)>);
+/// `text` as its backend, its bare first value and its `name=value` attributes (names in lower
+/// case, values percent-decoded).
+pub(crate) fn split(text: &str) -> Result<(&str, Option<String>, Attributes), SignError> {
+    let Some((backend, rest)) = text.split_once(':') else {
+        return Err(spec_error(format!(
+            "`{text}` names no backend; use `local:PATH`, `aws-kms:KEY` or `pkcs11:module=…;token=…;key=…`"
+        )));
+    };
+    let (path_part, query) = match backend {
+        // Only PKCS#11 URIs have a query part; a `?` elsewhere belongs to the value.
+        "pkcs11" => rest.split_once('?').unwrap_or((rest, "")),
+        _ => (rest, ""),
+    };
+    let mut positional = None;
+    let mut attributes = Vec::new();
+    let items = path_part.split(';').map(|item| (item, ';'));
+    let queries = query.split('&').map(|item| (item, '&'));
+    for (index, (item, _)) in items.chain(queries).enumerate() {
+        if item.is_empty() {
+            continue;
+        }
+        match item.split_once('=') {
+            Some((name, value)) if backend != "local" || index > 0 || is_attribute(name) => {
+                let name = name.to_ascii_lowercase();
+                // A CKA_ID is bytes, not text: it is decoded on its own.
+                let value = if name == "id" {
+                    value.to_string()
+                } else {
+                    percent_decode(value)?
+                };
+                attributes.push((name, value));
+            }
+            _ if index == 0 => positional = Some(percent_decode(item)?),
+            _ => {
+                return Err(spec_error(format!(
+                    "`{item}` is not `name=value` (a bare value may only come first)"
+                )))
+            }
+        }
+    }
+    Ok((backend, positional, Attributes(attributes)))
+}
+
+/// The attributes that name a token and its PIN, shared by the signer and the vault's master
+/// key.
+pub(crate) struct TokenAttributes {
+    pub module: PathBuf,
+    pub token: Option<String>,
+    pub slot: Option<u64>,
+    pub pin: PinSource,
+}
+
+pub(crate) struct Attributes(Vec<(String, String)>);
 
 impl Attributes {
-    fn take(&mut self, name: &str) -> Option<String> {
+    /// `module=` (or `module-path=`), `token=`, `slot-id=` and where the PIN comes from.
+    pub(crate) fn token(&mut self) -> Result<TokenAttributes, SignError> {
+        if self.take("pin-value").is_some() {
+            return Err(spec_error(
+                "a PIN is not taken from the spec; use `pin-env=VAR` or `pin-file=PATH`",
+            ));
+        }
+        let module = self
+        .take("module")
+        .or_else(|| self.take("module-path"))
+        .ok_or_else(|| {
+            spec_error("`pkcs11:` needs `module=PATH` (the token's PKCS#11 library, such as /usr/lib/softhsm/libsofthsm2.so)")
+        })?;
+        let pin = match (
+            self.take("pin-env"),
+            self.take("pin-file"),
+            self.take("pin-source"),
+        ) {
+            (Some(var), None, None) => PinSource::Env(var),
+            (None, Some(path), None) => PinSource::File(PathBuf::from(path)),
+            (None, None, Some(source)) => match source.strip_prefix("file:") {
+                Some(path) => PinSource::File(PathBuf::from(path)),
+                None => PinSource::File(PathBuf::from(source)),
+            },
+            (None, None, None) => PinSource::Env(DEFAULT_PIN_ENV.to_string()),
+            _ => {
+                return Err(spec_error(
+                    "name one of `pin-env`, `pin-file` and `pin-source`",
+                ))
+            }
+        };
+        let slot = match self.take("slot-id") {
+            Some(slot) => Some(
+                slot.parse::<u64>()
+                    .map_err(|_| spec_error(format!("`slot-id={slot}` is not a slot number")))?,
+            ),
+            None => None,
+        };
+        Ok(TokenAttributes {
+            module: PathBuf::from(module),
+            token: self.take("token"),
+            slot,
+            pin,
+        })
+    }
+
+    pub(crate) fn take(&mut self, name: &str) -> Option<String> {
         let index = self.0.iter().position(|(n, _)| n == name)?;
         Some(self.0.remove(index).1)
     }
@@ -237,7 +273,7 @@ impl Attributes {
     }
 
     /// Refuses what was not understood (a misspelt `regoin=` must not be ignored), and repeats.
-    fn finish(self, backend: &str) -> Result<(), SignError> {
+    pub(crate) fn finish(self, backend: &str) -> Result<(), SignError> {
         match self.0.first() {
             None => Ok(()),
             Some((name, _)) => Err(spec_error(format!(

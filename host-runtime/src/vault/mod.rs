@@ -74,6 +74,7 @@ impl From<aws_lc_rs::error::Unspecified> for VaultError {
 mod cache;
 pub mod keystore;
 pub mod local;
+pub mod pkcs11;
 
 use std::str::FromStr as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +91,7 @@ use cache::{CachedKey, KeyCache};
 pub use keystore::KeyStore;
 use keystore::{SubjectKeyRow, TenantKeyRow};
 pub use local::LocalMasterKey;
+pub use pkcs11::{Pkcs11MasterKey, Pkcs11MasterOptions};
 
 /// What a sealed record starts with (no JSON value or plain text the host stores does).
 pub const SEALED_PREFIX: &str = "sigil:v1:";
@@ -700,7 +702,8 @@ pub struct KeyCheck {
 pub fn check_spec(spec: &str) -> Result<(), VaultError> {
     match spec.split_once(':') {
         Some(("local", path)) if !path.is_empty() => Ok(()),
-        Some(("aws-kms" | "pkcs11", _)) => crate::signer::SignerSpec::from_str(spec)
+        Some(("pkcs11", _)) => Pkcs11MasterOptions::from_str(spec).map(|_| ()),
+        Some(("aws-kms", _)) => crate::signer::SignerSpec::from_str(spec)
             .map(|_| ())
             .map_err(|e| VaultError::Config(e.to_string())),
         _ => Err(VaultError::Config(format!(
@@ -710,12 +713,24 @@ pub fn check_spec(spec: &str) -> Result<(), VaultError> {
 }
 
 /// Opens the master key `spec` names: `local:PATH` (made when missing), `aws-kms:KEY;…` or
-/// `pkcs11:module=…;token=…;key=…` (the signer spec syntax of [`crate::signer::SignerSpec`]).
+/// `pkcs11:module=…;token=…;key=…` (the signer spec syntax of [`crate::signer::SignerSpec`];
+/// version 1 is made in the token when it has none, unless `create=no`).
+///
+/// ```no_run
+/// let master = host_runtime::vault::open_master(
+///     "pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=vault;key=sigil-master;create=no",
+/// )?;
+/// println!("{} wraps under {}", master.describe(), master.current_key_id()?);
+/// # Ok::<(), host_runtime::vault::VaultError>(())
+/// ```
 pub fn open_master(spec: &str) -> Result<Arc<dyn MasterKey>, VaultError> {
     check_spec(spec)?;
     match spec.split_once(':') {
         Some(("local", path)) => Ok(Arc::new(LocalMasterKey::open_or_create(
             std::path::Path::new(path),
+        )?)),
+        Some(("pkcs11", _)) => Ok(Arc::new(Pkcs11MasterKey::open(
+            &Pkcs11MasterOptions::from_str(spec)?,
         )?)),
         _ => Err(VaultError::Config(format!(
             "the master key backend of `{spec}` is not available in this build"

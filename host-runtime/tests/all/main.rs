@@ -23,9 +23,11 @@ mod signer_kms;
 mod signer_local;
 mod signer_pkcs11;
 mod signing;
+mod softhsm;
 mod telemetry;
 mod validate;
 mod vault;
+mod vault_pkcs11;
 
 use std::path::PathBuf;
 

@@ -1,11 +1,7 @@
-//! The PKCS#11 signer against SoftHSM2 (Debian's `softhsm2`; keys made with `pkcs11-tool` from
-//! `opensc`), each test with a private token directory.
-//!
-//! SoftHSM reads `SOFTHSM2_CONF` once per process, when the module is initialized, and a process
-//! may initialize a module only once; so each test that opens the token runs in a child copy of
-//! this test binary whose environment names its own token directory.
+//! The PKCS#11 signer against SoftHSM2 (keys made with `pkcs11-tool`), each test with a private
+//! token directory ([`crate::softhsm`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use guard_core::Scheme;
@@ -14,144 +10,66 @@ use host_runtime::signer::{
 };
 
 use crate::signing::{sign_and_verify, verify_at};
+use crate::softhsm::{in_child, SoftHsm, MODULE, PIN};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "sigil";
-const PIN: &str = "4711";
-const SO_PIN: &str = "12345678";
-/// Set in the child: the token directory the parent made.
-const CHILD: &str = "SIGIL_TEST_SOFTHSM_DIR";
 const TEMPLATE: &[u8] = b"You answer questions about {{product}}. Question: {{q}}\n";
 
-/// A SoftHSM2 configuration and token of its own, with RSA keys `rsa2048` (id 01), `rsa3072`
-/// (id 02) and `rsa1024` (id 03, too small for the verifier).
-struct Token {
-    dir: PathBuf,
-}
-
-impl Token {
-    fn new() -> (tempfile::TempDir, Token) {
-        assert!(
-            Path::new(MODULE).is_file() && which("softhsm2-util") && which("pkcs11-tool"),
-            "SoftHSM2 and pkcs11-tool are missing: run scripts/setup (apt-get install softhsm2 opensc)"
-        );
-        let temp = tempfile::tempdir().unwrap();
-        let token = Token {
-            dir: temp.path().to_path_buf(),
-        };
-        std::fs::create_dir(token.dir.join("tokens")).unwrap();
-        std::fs::write(
-            token.conf(),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                token.dir.join("tokens").display()
-            ),
-        )
-        .unwrap();
+/// A SoftHSM2 token of its own, with RSA keys `rsa2048` (id 01), `rsa3072` (id 02) and
+/// `rsa1024` (id 03, too small for the verifier).
+fn new_token() -> (tempfile::TempDir, SoftHsm) {
+    let (temp, token) = SoftHsm::new(TOKEN);
+    for (label, id, bits) in [
+        ("rsa2048", "01", 2048),
+        ("rsa3072", "02", 3072),
+        ("rsa1024", "03", 1024),
+    ] {
         token.run(
-            "softhsm2-util",
+            "pkcs11-tool",
             &[
-                "--init-token",
-                "--free",
-                "--label",
+                "--module",
+                MODULE,
+                "--token-label",
                 TOKEN,
-                "--so-pin",
-                SO_PIN,
+                "--login",
                 "--pin",
                 PIN,
+                "--keypairgen",
+                "--key-type",
+                &format!("rsa:{bits}"),
+                "--label",
+                label,
+                "--id",
+                id,
             ],
         );
-        for (label, id, bits) in [
-            ("rsa2048", "01", 2048),
-            ("rsa3072", "02", 3072),
-            ("rsa1024", "03", 1024),
-        ] {
-            token.run(
-                "pkcs11-tool",
-                &[
-                    "--module",
-                    MODULE,
-                    "--token-label",
-                    TOKEN,
-                    "--login",
-                    "--pin",
-                    PIN,
-                    "--keypairgen",
-                    "--key-type",
-                    &format!("rsa:{bits}"),
-                    "--label",
-                    label,
-                    "--id",
-                    id,
-                ],
-            );
-        }
-        (temp, token)
     }
+    (temp, token)
+}
 
-    fn conf(&self) -> PathBuf {
-        self.dir.join("softhsm2.conf")
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let out = Command::new(program)
-            .args(args)
-            .env("SOFTHSM2_CONF", self.conf())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn options(&self, key: &str, scheme: Scheme, mechanism: Pkcs11Mechanism) -> Pkcs11Options {
-        let pin = self.dir.join("pin");
-        std::fs::write(&pin, format!("{PIN}\n")).unwrap();
-        Pkcs11Options {
-            module: PathBuf::from(MODULE),
-            token: Some(TOKEN.into()),
-            slot: None,
-            key_label: Some(key.into()),
-            key_id: None,
-            pin: PinSource::File(pin),
-            scheme,
-            mechanism,
-        }
+fn options(
+    token: &SoftHsm,
+    key: &str,
+    scheme: Scheme,
+    mechanism: Pkcs11Mechanism,
+) -> Pkcs11Options {
+    let pin = token.dir.join("pin");
+    std::fs::write(&pin, format!("{PIN}\n")).unwrap();
+    Pkcs11Options {
+        module: PathBuf::from(MODULE),
+        token: Some(TOKEN.into()),
+        slot: None,
+        key_label: Some(key.into()),
+        key_id: None,
+        pin: PinSource::File(pin),
+        scheme,
+        mechanism,
     }
 }
 
-fn which(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Runs `body` with a fresh token: in the parent, makes the token and re-runs this one test in a
-/// child process pointed at it; in that child, runs `body`.
-fn with_token(test: &str, body: impl FnOnce(&Token)) {
-    if let Some(dir) = std::env::var_os(CHILD) {
-        body(&Token {
-            dir: PathBuf::from(dir),
-        });
-        return;
-    }
-    let (_temp, token) = Token::new();
-    let name = format!("signer_pkcs11::{test}");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, &token.dir)
-        .env("SOFTHSM2_CONF", token.conf())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} in its own process:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `body` in a child process with a fresh token (see [`in_child`]).
+fn with_token(test: &str, body: impl FnOnce(&SoftHsm)) {
+    in_child(&format!("signer_pkcs11::{test}"), new_token, body);
 }
 
 #[test]
@@ -162,7 +80,7 @@ fn pkcs11_signs_with_either_mechanism_and_scheme() {
                 let mut signatures = Vec::new();
                 for mechanism in [Pkcs11Mechanism::Sha256Rsa, Pkcs11Mechanism::Rsa] {
                     let signer =
-                        Pkcs11Signer::open(&token.options(key, scheme, mechanism)).unwrap();
+                        Pkcs11Signer::open(&options(token, key, scheme, mechanism)).unwrap();
                     assert_eq!(
                         signer.hashes_on_token(),
                         mechanism == Pkcs11Mechanism::Sha256Rsa
@@ -181,7 +99,8 @@ fn pkcs11_signs_with_either_mechanism_and_scheme() {
             }
         }
         // Auto picks the hashing mechanism SoftHSM offers.
-        let auto = Pkcs11Signer::open(&token.options(
+        let auto = Pkcs11Signer::open(&options(
+            token,
             "rsa2048",
             Scheme::RsassaPkcs1v15Sha256,
             Pkcs11Mechanism::Auto,
@@ -239,7 +158,8 @@ fn pkcs11_wrong_pin_missing_key_and_missing_token_are_told_apart() {
     with_token(
         "pkcs11_wrong_pin_missing_key_and_missing_token_are_told_apart",
         |token| {
-            let options = token.options(
+            let options = options(
+                token,
                 "rsa2048",
                 Scheme::RsassaPkcs1v15Sha256,
                 Pkcs11Mechanism::Auto,
@@ -322,7 +242,7 @@ fn pkcs11_missing_or_invalid_modules_are_configuration_errors() {
 
 #[test]
 fn pkcs11_cli_signs_with_a_signer_spec() {
-    let (_temp, token) = Token::new();
+    let (_temp, token) = new_token();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("t.txt"), TEMPLATE).unwrap();
     let spec = format!("pkcs11:module={MODULE};token={TOKEN};key=rsa2048");
