@@ -116,7 +116,7 @@ fn what_the_signer_sends() -> (String, String) {
         source.contains(".message_type(MessageType::Digest)"),
         "the signer signs digests"
     );
-    assert!(source.contains(".signing_algorithm(algorithm(self.scheme))"));
+    assert!(source.contains(".signing_algorithm(algorithm(scheme))"));
     // The scheme signers use unless a spec asks for PSS.
     let algorithm = match KmsOptions::new("alias/x").scheme {
         Scheme::RsassaPkcs1v15Sha256 => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
