@@ -71,6 +71,7 @@ impl From<aws_lc_rs::error::Unspecified> for VaultError {
     }
 }
 
+pub mod aws_kms;
 mod cache;
 pub mod keystore;
 pub mod local;
@@ -86,6 +87,7 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+pub use aws_kms::AwsKmsMasterKey;
 use cache::{CachedKey, KeyCache};
 pub use keystore::KeyStore;
 use keystore::{SubjectKeyRow, TenantKeyRow};
@@ -710,15 +712,59 @@ pub fn check_spec(spec: &str) -> Result<(), VaultError> {
 }
 
 /// Opens the master key `spec` names: `local:PATH` (made when missing), `aws-kms:KEY;…` or
-/// `pkcs11:module=…;token=…;key=…` (the signer spec syntax of [`crate::signer::SignerSpec`]).
+/// `pkcs11:module=…;token=…;key=…` (the signer spec syntax of [`crate::signer::SignerSpec`]; an
+/// AWS KMS master key should be named by alias, with its replica regions if it has any).
+///
+/// ```no_run
+/// let master = host_runtime::vault::open_master(
+///     "aws-kms:alias/sigil-vault;region=us-east-1;replicas=eu-west-1",
+/// )?;
+/// println!("{}", master.describe());
+/// # Ok::<(), host_runtime::vault::VaultError>(())
+/// ```
 pub fn open_master(spec: &str) -> Result<Arc<dyn MasterKey>, VaultError> {
     check_spec(spec)?;
     match spec.split_once(':') {
         Some(("local", path)) => Ok(Arc::new(LocalMasterKey::open_or_create(
             std::path::Path::new(path),
         )?)),
+        Some(("aws-kms", _)) => match crate::signer::SignerSpec::from_str(spec) {
+            Ok(crate::signer::SignerSpec::AwsKms(options)) => {
+                Ok(Arc::new(AwsKmsMasterKey::open(&options)?))
+            }
+            Ok(_) => Err(VaultError::Config(format!(
+                "`{spec}` is not an AWS KMS spec"
+            ))),
+            Err(e) => Err(VaultError::Config(e.to_string())),
+        },
         _ => Err(VaultError::Config(format!(
             "the master key backend of `{spec}` is not available in this build"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kms_master_key_specs_are_checked_with_their_replicas() {
+        for good in [
+            "aws-kms:alias/sigil-vault",
+            "aws-kms:alias/sigil-vault;region=us-east-1;replicas=eu-west-1,ap-southeast-2@https://kms.example:8443;failback=60s",
+        ] {
+            assert!(check_spec(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "aws-kms:alias/sigil-vault;replicas=eu-west-1",
+            "aws-kms:alias/sigil-vault;region=us-east-1;replicas=us-east-1",
+            "aws-kms:alias/sigil-vault;region=us-east-1;replica=eu-west-1",
+            "aws-kms:",
+        ] {
+            assert!(
+                matches!(check_spec(bad), Err(VaultError::Config(_))),
+                "{bad}"
+            );
+        }
     }
 }
