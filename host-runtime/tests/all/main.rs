@@ -25,6 +25,7 @@ mod signer_pkcs11;
 mod signing;
 mod telemetry;
 mod validate;
+mod vault_kms;
 
 use std::path::PathBuf;
 
