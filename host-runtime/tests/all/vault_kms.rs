@@ -786,3 +786,70 @@ fn vault_kms_fails_over_to_the_replica_region_and_back() {
     ));
     drop(regions);
 }
+
+/// `sigil serve` with `[vault] master_key`, credentials from the environment as in production.
+fn serve_with_master_key(data_dir: &std::path::Path, spec: &str) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let config = data_dir.join("sigil.toml");
+    std::fs::write(&config, format!("[vault]\nmaster_key = \"{spec}\"\n")).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env_remove("AWS_PROFILE")
+        .env_remove("SIGIL_VAULT_MASTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn vault_kms_serve_opens_the_configured_master_key() {
+    use std::io::{BufRead as _, BufReader};
+    let mut regions = TwoRegions::start();
+    AwsKmsMasterKey::create(&regions.options("alias/sigil-vault")).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = serve_with_master_key(dir.path(), &regions.spec("alias/sigil-vault"));
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let listening = loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break false;
+        }
+        seen.push_str(&line);
+        if line.contains("listening on http://") {
+            break true;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "serve did not start:\n{seen}");
+
+    // The spec is really opened at start: an alias KMS does not know stops the service, and
+    // so does a primary and replica that are both down.
+    for (key, down) in [("alias/nobody", false), ("alias/sigil-vault", true)] {
+        if down {
+            regions.primary.stop();
+            regions.replica.stop();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = serve_with_master_key(dir.path(), &regions.spec(key))
+            .wait_with_output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot open the master key"), "{stderr}");
+        let reason = if down {
+            "no KMS region answered"
+        } else {
+            "alias/nobody"
+        };
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+}
