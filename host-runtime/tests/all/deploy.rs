@@ -206,7 +206,7 @@ fn data_keys_are_used_only_with_the_expected_encryption_context() {
             {
                 assert_eq!(
                     s["Condition"]["StringEquals"]["kms:EncryptionContext:sigil:purpose"],
-                    "quarantine",
+                    "tenant-key",
                     "{name}"
                 );
                 let keys =
@@ -241,6 +241,7 @@ fn the_service_role_is_least_privilege() {
         "kms:Sign",
         "kms:GenerateDataKey",
         "kms:Decrypt",
+        "kms:DescribeKey",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "logs:DescribeLogStreams",
