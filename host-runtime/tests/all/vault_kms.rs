@@ -128,6 +128,35 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
+/// Log lines written on this thread, for what the failover says.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Log {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let log = self.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || log.clone())
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// moto behind one forwarder per region.
 struct TwoRegions {
     _server: KmsServer,
@@ -702,14 +731,25 @@ fn vault_kms_fails_over_to_the_replica_region_and_back() {
     regions.primary.stop();
     let calls = master.backend_calls();
     vault.clear_cache();
-    for (i, sealed) in before.iter().enumerate() {
-        let id = i.to_string();
-        let subject = format!("user{i}");
-        let plain = vault
-            .open_text(&record("acme", &subject, &id), sealed)
-            .unwrap();
-        assert_eq!(*plain, "before the outage");
-    }
+    let log = Log::default();
+    tracing::subscriber::with_default(log.subscriber(), || {
+        for (i, sealed) in before.iter().enumerate() {
+            let id = i.to_string();
+            let subject = format!("user{i}");
+            let plain = vault
+                .open_text(&record("acme", &subject, &id), sealed)
+                .unwrap();
+            assert_eq!(*plain, "before the outage");
+        }
+    });
+    let logged = log.text();
+    assert!(
+        logged.contains("WARN")
+            && logged.contains("failing over to a replica")
+            && logged.contains(&format!("from=\"{PRIMARY}\""))
+            && logged.contains(&format!("to=\"{REPLICA}\"")),
+        "{logged}"
+    );
     // New tenants need new tenant keys: GenerateDataKey in the replica region.
     let during: Vec<(String, String)> = (0..3)
         .map(|i| {
