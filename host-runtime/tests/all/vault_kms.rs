@@ -893,3 +893,29 @@ fn vault_kms_serve_opens_the_configured_master_key() {
         assert!(stderr.contains(reason), "{stderr}");
     }
 }
+
+#[test]
+fn vault_kms_bad_endpoints_and_regions_are_errors_not_panics() {
+    // Options built in code skip the spec's checks: the backend must still fail cleanly.
+    for (region, endpoint) in [
+        ("us-east-1", "http://[not-an-address"),
+        ("us-east-1", "http://127.0.0.1:99999"),
+        ("us-east-1", "not a url at all"),
+        ("../../etc", "http://127.0.0.1:1"),
+        ("", "http://127.0.0.1:1"),
+    ] {
+        let mut options = KmsOptions::new("alias/sigil-vault");
+        options.region = Some(region.into());
+        options.endpoint = Some(endpoint.into());
+        options.credentials = Some(test_credentials());
+        options.timeout = Duration::from_secs(2);
+        options.replicas = vec![KmsReplica {
+            region: "eu-west-1".into(),
+            endpoint: Some(endpoint.into()),
+        }];
+        let start = Instant::now();
+        let answer = AwsKmsMasterKey::open(&options);
+        assert!(answer.is_err(), "{region} {endpoint}");
+        assert!(start.elapsed() < Duration::from_secs(30), "{endpoint}");
+    }
+}
