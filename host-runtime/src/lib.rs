@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod incidents;
+mod kms;
 pub mod metrics;
 mod pkcs11_token;
 pub mod plot;

@@ -27,7 +27,7 @@ mod local;
 mod pkcs11;
 pub(crate) mod spec;
 
-pub use aws_kms::{AwsKmsSigner, KmsKey, KmsOptions, KmsRotation};
+pub use aws_kms::{AwsKmsSigner, KmsKey, KmsOptions, KmsReplica, KmsRotation};
 pub use local::{public_pem, KeyFiles, LocalSigner};
 pub use pkcs11::{PinSource, Pkcs11Mechanism, Pkcs11Options, Pkcs11Signer};
 pub use spec::{SignerSpec, DEFAULT_PIN_ENV};

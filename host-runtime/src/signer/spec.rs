@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use guard_core::Scheme;
 
-use super::{KmsOptions, PinSource, Pkcs11Mechanism, Pkcs11Options, SignError};
+use super::{KmsOptions, KmsReplica, PinSource, Pkcs11Mechanism, Pkcs11Options, SignError};
 
 /// Which signer to open, parsed from a string.
 ///
@@ -19,6 +19,14 @@ use super::{KmsOptions, PinSource, Pkcs11Mechanism, Pkcs11Options, SignError};
 ///   (for a KMS-compatible server), `scheme=`, `timeout=` (seconds, `10` or `10s`). Credentials
 ///   and, without `region=`, the region come from the usual AWS environment (variables, profile
 ///   files, SSO, instance or container roles).
+///
+///   Multi-Region keys: `replicas=REGION[@ENDPOINT],…` names the regions the key is replicated
+///   to, in the order they are tried when the primary (`region=`, then required) cannot be
+///   reached, each with its own endpoint URL when it is not AWS's; `failback=` (seconds, default
+///   `30`) is how long a replica serves before the primary is tried again. For example
+///   `aws-kms:alias/sigil-vault;region=us-east-1;replicas=eu-west-1,ap-southeast-2@https://kms.example:8443;failback=60s`.
+///   The vault's master key takes the same form (`[vault] master_key`); it should name an
+///   alias, which rotation moves to a new key.
 /// - `pkcs11:module=PATH;token=LABEL;key=LABEL` — `module-path=` and `object=` are accepted for
 ///   `module=` and `key=`; `id=` (the key's CKA_ID, percent-encoded bytes or hex), `slot-id=`,
 ///   `pin-env=VAR` or `pin-file=PATH` (RFC 7512's `pin-source=file:PATH` too; without either,
@@ -87,11 +95,23 @@ impl FromStr for SignerSpec {
                     spec_error("`aws-kms:` needs a key id, ARN or alias, as in `aws-kms:alias/sigil-templates`")
                 })?;
                 let mut options = KmsOptions::new(key);
-                options.region = attributes.take("region");
-                options.endpoint = attributes.take("endpoint");
+                options.region = attributes.take("region").map(check_region).transpose()?;
+                options.endpoint = attributes
+                    .take("endpoint")
+                    .map(check_endpoint)
+                    .transpose()?;
                 options.scheme = attributes.scheme()?;
                 if let Some(timeout) = attributes.take("timeout") {
-                    options.timeout = parse_seconds(&timeout)?;
+                    options.timeout = parse_seconds("timeout", &timeout)?;
+                }
+                if let Some(failback) = attributes.take("failback") {
+                    options.failback = parse_seconds("failback", &failback)?;
+                }
+                if let Some(replicas) = attributes.take("replicas") {
+                    let primary = options.region.as_deref().ok_or_else(|| {
+                        spec_error("`replicas=` needs the primary region named too (`region=`)")
+                    })?;
+                    options.replicas = parse_replicas(primary, &replicas)?;
                 }
                 SignerSpec::AwsKms(options)
             }
@@ -283,14 +303,69 @@ impl Attributes {
     }
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, SignError> {
+fn parse_seconds(name: &str, text: &str) -> Result<Duration, SignError> {
     let digits = text.strip_suffix('s').unwrap_or(text);
     match digits.parse::<u64>() {
         Ok(seconds) if (1..=600).contains(&seconds) => Ok(Duration::from_secs(seconds)),
         _ => Err(spec_error(format!(
-            "`timeout={text}`; use whole seconds from 1 to 600, as in `timeout=10s`"
+            "`{name}={text}`; use whole seconds from 1 to 600, as in `{name}=10s`"
         ))),
     }
+}
+
+/// More replicas than this is a typo, not a deployment (KMS has fewer regions than that to
+/// replicate a key to in any one partition that a guard would use).
+const MAX_REPLICAS: usize = 16;
+
+/// An AWS region name: lowercase letters, digits and dashes (`eu-west-1`, `us-gov-west-1`).
+fn check_region(region: String) -> Result<String, SignError> {
+    let ok = !region.is_empty()
+        && region.len() <= 32
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(region)
+    } else {
+        Err(spec_error(format!("`{region}` is not an AWS region name")))
+    }
+}
+
+fn check_endpoint(endpoint: String) -> Result<String, SignError> {
+    let rest = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.chars().any(char::is_whitespace) => Ok(endpoint),
+        _ => Err(spec_error(format!(
+            "`{endpoint}` is not an endpoint URL (`https://HOST[:PORT]`)"
+        ))),
+    }
+}
+
+/// `REGION[@ENDPOINT],…`: each replica once, and never the primary.
+fn parse_replicas(primary: &str, text: &str) -> Result<Vec<KmsReplica>, SignError> {
+    let mut replicas: Vec<KmsReplica> = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        let (region, endpoint) = match item.split_once('@') {
+            Some((region, endpoint)) => (region, Some(check_endpoint(endpoint.to_string())?)),
+            None => (item, None),
+        };
+        let region = check_region(region.to_string())?;
+        if region == primary || replicas.iter().any(|r| r.region == region) {
+            return Err(spec_error(format!(
+                "`replicas=`: region `{region}` is named twice (the primary is `{primary}`)"
+            )));
+        }
+        replicas.push(KmsReplica { region, endpoint });
+    }
+    if replicas.len() > MAX_REPLICAS {
+        return Err(spec_error(format!(
+            "`replicas=` names {} regions; at most {MAX_REPLICAS}",
+            replicas.len()
+        )));
+    }
+    Ok(replicas)
 }
 
 /// `%XX` escapes decoded; the result must be UTF-8 (paths, labels and names all are here).
@@ -391,6 +466,59 @@ mod tests {
         assert!(refused("aws-kms:alias/x;regoin=eu-west-1").contains("`regoin`"));
         assert!(refused("aws-kms:alias/x;timeout=0").contains("timeout"));
         assert!(refused("aws-kms:").contains("needs a key"));
+    }
+
+    #[test]
+    fn aws_kms_takes_replica_regions_with_their_endpoints() {
+        let SignerSpec::AwsKms(o) = parse(
+            "aws-kms:alias/sigil-vault;region=us-east-1;endpoint=http://127.0.0.1:1;replicas=eu-west-1@http://127.0.0.1:2,ap-southeast-2;failback=5s",
+        ) else {
+            panic!()
+        };
+        assert_eq!(o.region.as_deref(), Some("us-east-1"));
+        assert_eq!(
+            o.replicas,
+            vec![
+                KmsReplica {
+                    region: "eu-west-1".into(),
+                    endpoint: Some("http://127.0.0.1:2".into())
+                },
+                KmsReplica {
+                    region: "ap-southeast-2".into(),
+                    endpoint: None
+                },
+            ]
+        );
+        assert_eq!(o.failback, Duration::from_secs(5));
+        let SignerSpec::AwsKms(o) = parse("aws-kms:alias/x") else {
+            panic!()
+        };
+        assert!(o.replicas.is_empty());
+        assert!(refused("aws-kms:alias/x;replicas=eu-west-1").contains("`region=`"));
+        for bad in [
+            "aws-kms:alias/x;region=us-east-1;replicas=us-east-1",
+            "aws-kms:alias/x;region=us-east-1;replicas=eu-west-1,eu-west-1",
+            "aws-kms:alias/x;region=us-east-1;replicas=",
+            "aws-kms:alias/x;region=us-east-1;replicas=,",
+            "aws-kms:alias/x;region=us-east-1;replicas=EU_WEST",
+            "aws-kms:alias/x;region=us-east-1;replicas=eu-west-1@ftp://h",
+            "aws-kms:alias/x;region=us-east-1;replicas=eu-west-1@",
+            "aws-kms:alias/x;region=us-east-1;replicas=@http://h",
+            "aws-kms:alias/x;region=../../etc",
+            "aws-kms:alias/x;endpoint=127.0.0.1:4566",
+            "aws-kms:alias/x;region=us-east-1;failback=0",
+            "aws-kms:alias/x;region=us-east-1;failback=9999999999999999999999",
+        ] {
+            assert!(bad.parse::<SignerSpec>().is_err(), "{bad}");
+        }
+        let many = (0..17)
+            .map(|i| format!("r{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(
+            refused(&format!("aws-kms:alias/x;region=us-east-1;replicas={many}"))
+                .contains("at most")
+        );
     }
 
     #[test]

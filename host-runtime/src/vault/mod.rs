@@ -71,6 +71,7 @@ impl From<aws_lc_rs::error::Unspecified> for VaultError {
     }
 }
 
+pub mod aws_kms;
 mod cache;
 pub mod keystore;
 pub mod local;
@@ -87,6 +88,7 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+pub use aws_kms::AwsKmsMasterKey;
 use cache::{CachedKey, KeyCache};
 pub use keystore::KeyStore;
 use keystore::{SubjectKeyRow, TenantKeyRow};
@@ -713,12 +715,13 @@ pub fn check_spec(spec: &str) -> Result<(), VaultError> {
 }
 
 /// Opens the master key `spec` names: `local:PATH` (made when missing), `aws-kms:KEY;…` or
-/// `pkcs11:module=…;token=…;key=…` (the signer spec syntax of [`crate::signer::SignerSpec`];
-/// version 1 is made in the token when it has none, unless `create=no`).
+/// `pkcs11:module=…;token=…;key=…` (the signer spec syntax of [`crate::signer::SignerSpec`]).
+/// An AWS KMS master key should be named by alias, with its replica regions if it has any; in
+/// a PKCS#11 token, version 1 is made when the token has none, unless `create=no`.
 ///
 /// ```no_run
 /// let master = host_runtime::vault::open_master(
-///     "pkcs11:module=/usr/lib/softhsm/libsofthsm2.so;token=vault;key=sigil-master;create=no",
+///     "aws-kms:alias/sigil-vault;region=us-east-1;replicas=eu-west-1",
 /// )?;
 /// println!("{} wraps under {}", master.describe(), master.current_key_id()?);
 /// # Ok::<(), host_runtime::vault::VaultError>(())
@@ -732,8 +735,43 @@ pub fn open_master(spec: &str) -> Result<Arc<dyn MasterKey>, VaultError> {
         Some(("pkcs11", _)) => Ok(Arc::new(Pkcs11MasterKey::open(
             &Pkcs11MasterOptions::from_str(spec)?,
         )?)),
+        Some(("aws-kms", _)) => match crate::signer::SignerSpec::from_str(spec) {
+            Ok(crate::signer::SignerSpec::AwsKms(options)) => {
+                Ok(Arc::new(AwsKmsMasterKey::open(&options)?))
+            }
+            Ok(_) => Err(VaultError::Config(format!(
+                "`{spec}` is not an AWS KMS spec"
+            ))),
+            Err(e) => Err(VaultError::Config(e.to_string())),
+        },
         _ => Err(VaultError::Config(format!(
             "the master key backend of `{spec}` is not available in this build"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kms_master_key_specs_are_checked_with_their_replicas() {
+        for good in [
+            "aws-kms:alias/sigil-vault",
+            "aws-kms:alias/sigil-vault;region=us-east-1;replicas=eu-west-1,ap-southeast-2@https://kms.example:8443;failback=60s",
+        ] {
+            assert!(check_spec(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "aws-kms:alias/sigil-vault;replicas=eu-west-1",
+            "aws-kms:alias/sigil-vault;region=us-east-1;replicas=us-east-1",
+            "aws-kms:alias/sigil-vault;region=us-east-1;replica=eu-west-1",
+            "aws-kms:",
+        ] {
+            assert!(
+                matches!(check_spec(bad), Err(VaultError::Config(_))),
+                "{bad}"
+            );
+        }
     }
 }

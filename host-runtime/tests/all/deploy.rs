@@ -116,7 +116,7 @@ fn what_the_signer_sends() -> (String, String) {
         source.contains(".message_type(MessageType::Digest)"),
         "the signer signs digests"
     );
-    assert!(source.contains(".signing_algorithm(algorithm(self.scheme))"));
+    assert!(source.contains(".signing_algorithm(algorithm(scheme))"));
     // The scheme signers use unless a spec asks for PSS.
     let algorithm = match KmsOptions::new("alias/x").scheme {
         Scheme::RsassaPkcs1v15Sha256 => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
@@ -206,7 +206,7 @@ fn data_keys_are_used_only_with_the_expected_encryption_context() {
             {
                 assert_eq!(
                     s["Condition"]["StringEquals"]["kms:EncryptionContext:sigil:purpose"],
-                    "quarantine",
+                    "tenant-key",
                     "{name}"
                 );
                 let keys =
@@ -241,6 +241,7 @@ fn the_service_role_is_least_privilege() {
         "kms:Sign",
         "kms:GenerateDataKey",
         "kms:Decrypt",
+        "kms:DescribeKey",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "logs:DescribeLogStreams",

@@ -27,6 +27,7 @@ mod softhsm;
 mod telemetry;
 mod validate;
 mod vault;
+mod vault_kms;
 mod vault_pkcs11;
 
 use std::path::PathBuf;

@@ -19,13 +19,13 @@ use crate::signing::{sign, sign_and_verify, verify, verify_at};
 use crate::workspace;
 
 /// The server, killed when dropped.
-struct KmsServer {
+pub(crate) struct KmsServer {
     child: Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl KmsServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = free_port();
         let mut child = Command::new(workspace().join("scripts/kms-server"))
             .args(["--port", &port.to_string(), "--exit-with-stdin"])
@@ -65,10 +65,15 @@ impl KmsServer {
 
     /// The SDK itself, for what the signer does not do (other kinds of keys, disabling, the
     /// server's own refusals).
-    fn admin(&self) -> (tokio::runtime::Runtime, aws_sdk_kms::Client) {
+    pub(crate) fn admin(&self) -> (tokio::runtime::Runtime, aws_sdk_kms::Client) {
+        self.admin_in("us-east-1")
+    }
+
+    /// [`KmsServer::admin`] in `region` (all of moto's regions are one server).
+    pub(crate) fn admin_in(&self, region: &str) -> (tokio::runtime::Runtime, aws_sdk_kms::Client) {
         let config = aws_sdk_kms::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
+            .region(Region::new(region.to_string()))
             .endpoint_url(&self.endpoint)
             .credentials_provider(test_credentials())
             .build();
@@ -87,7 +92,7 @@ impl Drop for KmsServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -466,6 +471,6 @@ fn kms_cli_signs_with_a_signer_spec() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`regoin`"));
 }
 
-fn test_credentials() -> Credentials {
+pub(crate) fn test_credentials() -> Credentials {
     Credentials::new("AKIDTEST", "secret", None, None, "tests")
 }
