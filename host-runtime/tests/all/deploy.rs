@@ -570,9 +570,20 @@ fn the_systemd_unit_is_hardened_and_valid() {
     assert_ne!(get("MemoryDenyWriteExecute"), Some("yes"));
     let data_dir = settings.contains(&("Environment", "SIGIL_DATA_DIR=/var/lib/sigil"));
     assert!(
-        data_dir && get("StateDirectory") == Some("sigil"),
+        data_dir
+            && get("StateDirectory")
+                .is_some_and(|dirs| dirs.split_whitespace().any(|d| d == "sigil")),
         "state in the unit's own directory"
     );
+    // The vault's key store in the example configuration is a state directory of its own.
+    let example =
+        std::fs::read_to_string(crate::workspace().join("docs/deploy/sigil.toml")).unwrap();
+    assert!(example.contains("key_store = \"/var/lib/sigil-keys/"));
+    assert!(get("StateDirectory")
+        .is_some_and(|dirs| dirs.split_whitespace().any(|d| d == "sigil-keys")));
+    // systemd stops the service only after its grace period and the outbox flush.
+    let stop = get("TimeoutStopSec").and_then(|v| v.trim_end_matches('s').parse::<u64>().ok());
+    assert!(stop.is_some_and(|s| s >= 30), "{stop:?}");
 
     if Command::new("systemd-analyze")
         .arg("--version")

@@ -13,14 +13,14 @@ use serde_json::json;
 
 use crate::service_e2e::{free_port, http, serve, Running};
 
-const CANARY: &str = "CANARY-5f2b9e-do-not-store";
+pub(crate) const CANARY: &str = "CANARY-5f2b9e-do-not-store";
 
 fn sigil() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sigil"))
 }
 
 /// Every byte of every file under `dir` (databases, their logs, keys, anything).
-fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+pub(crate) fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -33,7 +33,7 @@ fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -48,7 +48,7 @@ fn vault_of(data: &Path) -> Vault {
 }
 
 /// `(id, tenant, subject, context)` of every held item in the database at `db`.
-fn held_items(db: &Path) -> Vec<(String, String, String, String)> {
+pub(crate) fn held_items(db: &Path) -> Vec<(String, String, String, String)> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare("SELECT id, tenant, subject, context FROM incident_quarantine WHERE context IS NOT NULL ORDER BY seq")
@@ -59,7 +59,7 @@ fn held_items(db: &Path) -> Vec<(String, String, String, String)> {
         .unwrap()
 }
 
-fn open_item(
+pub(crate) fn open_item(
     vault: &Vault,
     (id, tenant, subject, context): &(String, String, String, String),
 ) -> Result<String, VaultError> {
@@ -76,7 +76,7 @@ fn open_item(
         .map(|t| t.as_str().to_string())
 }
 
-fn scanner_key(data: &Path, role: &str) -> String {
+pub(crate) fn scanner_key(data: &Path, role: &str) -> String {
     let out = sigil()
         .args([
             "apikey",
