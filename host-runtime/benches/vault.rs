@@ -109,9 +109,4 @@ fn main() {
         black_box(vault.open_text(&ctx(i), &sealed[i]).unwrap());
     });
     show("open, caches empty (first read after a restart)", cold_open);
-    let stats = vault.stats();
-    println!(
-        "\nMaster-key backend calls for {} seals and {} opens: {}",
-        stats.sealed, stats.opened, stats.backend_calls
-    );
 }
