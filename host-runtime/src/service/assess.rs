@@ -285,10 +285,15 @@ pub(super) async fn scan_batch(
                     assess_time,
                 };
                 let request_id = format!("{request_id}.{index}");
-                let recorded = state
+                // An item whose record cannot be stored gets that error in its place; the
+                // items stored before it keep their answers (their incidents are committed).
+                match state
                     .record(scanned.outcome(now.clone(), request_id, started))
-                    .await?;
-                results.push(recorded.decorate(answer));
+                    .await
+                {
+                    Ok(recorded) => results.push(recorded.decorate(answer)),
+                    Err(e) => results.push(e.body_json()),
+                }
             }
             Err(e) => results.push(e.body_json()),
         }

@@ -698,7 +698,17 @@ async fn audit_entry(
             .map_err(internal)?
             .ok_or_else(|| AppError::not_found("the log has no checkpoint yet"))?;
         let size = query.size.unwrap_or(latest.checkpoint.size);
-        if seq >= size || size > latest.checkpoint.size {
+        if size > latest.checkpoint.size {
+            // A tree larger than any signed one is a bad query, not a missing entry.
+            return Err(AppError::bad_request(
+                "invalid_query",
+                format!(
+                    "size {size} is beyond the signed size {}",
+                    latest.checkpoint.size
+                ),
+            ));
+        }
+        if seq >= size {
             return Err(AppError::not_found(format!(
                 "no entry {seq} in a log of {size} (signed size {})",
                 latest.checkpoint.size

@@ -395,6 +395,25 @@ async fn a_template_published_over_http_guards_calls() {
     .await;
     assert_eq!(status, StatusCode::OK, "{entry}");
     assert!(entry["inclusion_proof"].as_array().is_some());
+    // A tree size beyond the signed one is a bad query; an entry past the size is not found.
+    let (status, v) = send(
+        &router,
+        "GET",
+        "/v1/audit/entries/0?size=18446744073709551615",
+        Some(keys.token("auditor")),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, _) = send(
+        &router,
+        "GET",
+        &format!("/v1/audit/entries/{size}?size={size}"),
+        Some(keys.token("auditor")),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, proof) = send(
         &router,
         "GET",
