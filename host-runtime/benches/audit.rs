@@ -9,9 +9,11 @@
     clippy::indexing_slicing
 )]
 
+mod timing;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use guard_core::transparency::{
     leaf_hash, verify_checkpoint, verify_consistency, verify_inclusion, EntryKind,
@@ -19,6 +21,8 @@ use guard_core::transparency::{
 use guard_core::{PinnedKey, Scheme};
 use host_runtime::audit::{AuditLog, NewEntry};
 use host_runtime::signer::{LocalSigner, Signer};
+
+use timing::{median, show};
 
 const SIZE: u64 = 100_000;
 
@@ -35,23 +39,6 @@ fn entry(i: u64) -> NewEntry {
         subject: Some(format!("support/answer@{}", i % 50 + 1)),
         digests,
     }
-}
-
-/// Median of `n` timed calls.
-fn median(n: usize, mut f: impl FnMut(usize)) -> Duration {
-    let mut times: Vec<Duration> = (0..n)
-        .map(|i| {
-            let t = Instant::now();
-            f(i);
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
-}
-
-fn show(what: &str, d: Duration) {
-    println!("| {what} | {:.1} µs |", d.as_secs_f64() * 1e6);
 }
 
 fn main() {

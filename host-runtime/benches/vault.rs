@@ -14,28 +14,14 @@
     clippy::indexing_slicing
 )]
 
+mod timing;
+
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use host_runtime::vault::{CacheLimits, LocalMasterKey, RecordContext, Vault};
 
-/// Median of `n` timed calls.
-fn median(n: usize, mut f: impl FnMut(usize)) -> Duration {
-    let mut times: Vec<Duration> = (0..n)
-        .map(|i| {
-            let t = Instant::now();
-            f(i);
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
-}
-
-fn show(what: &str, d: Duration) {
-    println!("| {what} | {:.1} µs |", d.as_secs_f64() * 1e6);
-}
+use timing::{median, show};
 
 /// A decision context as the service holds it: the request's segments and the assessment.
 fn context(i: usize) -> String {

@@ -196,14 +196,7 @@ impl From<UsersError> for AppError {
         match e {
             UsersError::Registry(e) => e.into(),
             UsersError::Store(e) => e.into(),
-            UsersError::Sealed(e) | UsersError::Keys(e) => {
-                tracing::error!(error = %e, "a user's keys could not be used");
-                AppError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "vault_unavailable",
-                    "the user's encryption keys could not be used now; nothing was changed",
-                )
-            }
+            UsersError::Sealed(e) | UsersError::Keys(e) => super::incidents::vault_error(e),
             other => {
                 tracing::error!(error = %other, "user request failed");
                 AppError::new(

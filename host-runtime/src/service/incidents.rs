@@ -123,7 +123,7 @@ impl From<IncidentError> for AppError {
 }
 
 /// A vault failure as an answer; never with the record's content.
-fn vault_error(e: VaultError) -> AppError {
+pub(super) fn vault_error(e: VaultError) -> AppError {
     match e {
         VaultError::Unavailable(_) | VaultError::NoKey(_) => {
             tracing::error!(error = %e, "the key backend is unavailable");

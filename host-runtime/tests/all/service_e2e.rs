@@ -149,7 +149,8 @@ fn sigil() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sigil"))
 }
 
-fn apikey(data: &Path, role: &str) -> String {
+/// A new API key of `role`, made through `sigil apikey create`.
+pub(crate) fn apikey(data: &Path, role: &str) -> String {
     let out = sigil()
         .args([
             "apikey",

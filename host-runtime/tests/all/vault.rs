@@ -11,7 +11,7 @@ use std::sync::Arc;
 use host_runtime::vault::{CacheLimits, LocalMasterKey, RecordContext, Vault, VaultError};
 use serde_json::json;
 
-use crate::service_e2e::{free_port, http, serve, Running};
+use crate::service_e2e::{apikey, free_port, http, serve, Running};
 
 pub(crate) const CANARY: &str = "CANARY-5f2b9e-do-not-store";
 
@@ -76,28 +76,6 @@ pub(crate) fn open_item(
         .map(|t| t.as_str().to_string())
 }
 
-pub(crate) fn scanner_key(data: &Path, role: &str) -> String {
-    let out = sigil()
-        .args([
-            "apikey",
-            "create",
-            "--role",
-            role,
-            "--name",
-            role,
-            "--data-dir",
-        ])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 #[test]
 fn quarantined_input_is_sealed_per_user_and_erasure_shreds_every_older_copy() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,8 +92,8 @@ fn quarantined_input_is_sealed_per_user_and_erasure_shreds_every_older_copy() {
         .unwrap()
         .trim()
         .to_string();
-    let scanner = scanner_key(&data, "scanner");
-    let reviewer = scanner_key(&data, "reviewer");
+    let scanner = apikey(&data, "scanner");
+    let reviewer = apikey(&data, "reviewer");
 
     let attack = |who: &str| {
         format!(
