@@ -238,10 +238,37 @@ fn quarantined_input_is_sealed_per_user_and_erasure_shreds_every_older_copy() {
 fn a_rewrap_killed_half_way_finishes_when_run_again_and_the_old_key_can_go() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let master = MasterUnderTest {
+        spec: None,
+        env: Vec::new(),
+        open: Box::new(|data| vault_of_new(data)),
+    };
+    rewrap_killed_half_way(&data, &master);
+    // The key file no longer holds the retired version.
+    assert!(!std::fs::read_to_string(data.join("keys/master.key"))
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("1 ")));
+}
+
+/// A master key as the `sigil keys` commands and the test's own vault reach it.
+pub(crate) struct MasterUnderTest {
+    /// `--master-key`, when not the data folder's local key.
+    pub(crate) spec: Option<String>,
+    /// Variables the commands need (credentials).
+    pub(crate) env: Vec<(&'static str, String)>,
+    /// The vault over the data folder's key store.
+    pub(crate) open: Box<dyn Fn(&Path) -> Vault>,
+}
+
+/// Seals 1,200 items in as many tenants, rotates the master key, kills `sigil keys rewrap`
+/// half-way, runs it again, retires the old key, and checks every item opens; answers the
+/// retired key's id.
+pub(crate) fn rewrap_killed_half_way(data: &Path, master: &MasterUnderTest) -> String {
     let out = sigil()
         .arg("init")
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .output()
         .unwrap();
     assert!(
@@ -252,7 +279,7 @@ fn a_rewrap_killed_half_way_finishes_when_run_again_and_the_old_key_can_go() {
     let token = data.join("admin.token");
 
     // Many tenants, so the rewrap has many keys to go through (each commits on its own).
-    let vault = Arc::new(vault_of_new(&data));
+    let vault = Arc::new((master.open)(data));
     let store = host_runtime::incidents::IncidentStore::open(&data.join("sigil.db"))
         .unwrap()
         .with_vault(vault.clone());
@@ -284,16 +311,23 @@ fn a_rewrap_killed_half_way_finishes_when_run_again_and_the_old_key_can_go() {
     drop(store);
     drop(vault);
 
-    let keys = |args: &[&str]| {
-        let out = sigil()
+    let command = |args: &[&str]| {
+        let mut command = sigil();
+        command
             .arg("keys")
             .args(args)
             .arg("--data-dir")
-            .arg(&data)
+            .arg(data)
             .arg("--token-file")
             .arg(&token)
-            .output()
-            .unwrap();
+            .envs(master.env.iter().map(|(k, v)| (k, v.as_str())));
+        if let Some(spec) = &master.spec {
+            command.arg("--master-key").arg(spec);
+        }
+        command
+    };
+    let keys = |args: &[&str]| {
+        let out = command(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned()
@@ -314,11 +348,7 @@ fn a_rewrap_killed_half_way_finishes_when_run_again_and_the_old_key_can_go() {
     let (ok, refused) = keys(&["retire", &old_id]);
     assert!(!ok && refused.contains("rewrap"), "{refused}");
 
-    let mut rewrap = sigil()
-        .args(["keys", "rewrap", "--data-dir"])
-        .arg(&data)
-        .arg("--token-file")
-        .arg(&token)
+    let mut rewrap = command(&["rewrap"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -360,15 +390,11 @@ fn a_rewrap_killed_half_way_finishes_when_run_again_and_the_old_key_can_go() {
         ok && checked.contains("1200 sealed records: all open"),
         "{checked}"
     );
-    let vault = vault_of(&data);
+    let vault = (master.open)(data);
     for item in held_items(&data.join("sigil.db")) {
         assert!(open_item(&vault, &item).unwrap().contains("secret"));
     }
-    // The key file no longer holds the retired version.
-    assert!(!std::fs::read_to_string(data.join("keys/master.key"))
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("1 ")));
+    old_id
 }
 
 fn vault_of_new(data: &Path) -> Vault {

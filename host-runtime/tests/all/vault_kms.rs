@@ -1050,3 +1050,49 @@ fn vault_kms_an_outage_stores_no_plaintext_and_loses_nothing_acknowledged() {
         }
     }
 }
+
+/// The same kill -9 in the middle of `sigil keys rewrap` with the master key in KMS: rotation
+/// moves the alias to a new key, the rewrap is killed and run again, the old key is disabled,
+/// and every record still opens.
+#[test]
+fn vault_kms_a_rewrap_killed_half_way_finishes_and_the_old_key_is_disabled() {
+    use crate::vault::{rewrap_killed_half_way, MasterUnderTest};
+
+    let server = KmsServer::start();
+    let options = single_region(&server, "alias/sigil-vault");
+    AwsKmsMasterKey::create(&options).unwrap();
+    let spec = format!(
+        "aws-kms:alias/sigil-vault;region={PRIMARY};endpoint={};timeout=3s",
+        server.endpoint
+    );
+    let opened = options.clone();
+    let master = MasterUnderTest {
+        spec: Some(spec),
+        env: vec![
+            ("AWS_ACCESS_KEY_ID", "AKIDTEST".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "secret".to_string()),
+        ],
+        open: Box::new(move |data| {
+            Vault::open(
+                Arc::new(AwsKmsMasterKey::open(&opened).unwrap()),
+                &data.join("keys.db"),
+                CacheLimits::default(),
+            )
+            .unwrap()
+        }),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let retired = rewrap_killed_half_way(&dir.path().join("data"), &master);
+    let (runtime, admin) = server.admin();
+    let state = runtime
+        .block_on(admin.describe_key().key_id(&retired).send())
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_state;
+    assert_eq!(
+        state,
+        Some(aws_sdk_kms::types::KeyState::Disabled),
+        "{retired}"
+    );
+}
