@@ -241,7 +241,7 @@ fn a_rewrap_killed_half_way_finishes_when_run_again_and_the_old_key_can_go() {
     let master = MasterUnderTest {
         spec: None,
         env: Vec::new(),
-        open: Box::new(|data| vault_of_new(data)),
+        open: Box::new(vault_of_new),
     };
     rewrap_killed_half_way(&data, &master);
     // The key file no longer holds the retired version.
