@@ -340,9 +340,9 @@ fn record_audit(access: &Access, now: &str) -> Result<usize> {
 /// The vault `config` describes, its defaults in `data_dir`.
 pub(crate) fn open_vault(config: &VaultConfig, data_dir: &std::path::Path) -> Result<Arc<Vault>> {
     let spec = config.master_key_spec(data_dir);
-    let master = vault::open_master(&spec)
-        .with_context(|| format!("cannot open the master key `{spec}`"))?;
     let key_store = config.key_store_path(data_dir);
+    let master = vault::open_master_for(&spec, &key_store, &data_dir.join("sigil.db"))
+        .with_context(|| format!("cannot open the master key `{spec}`"))?;
     let vault = Vault::open(master, &key_store, config.cache_limits())
         .with_context(|| format!("cannot open the key store `{}`", key_store.display()))?;
     Ok(Arc::new(vault))

@@ -31,12 +31,12 @@ impl VaultArgs {
             .master_key
             .clone()
             .unwrap_or_else(|| format!("local:{}", data_dir.join("keys/master.key").display()));
-        let master = vault::open_master(&spec)
-            .with_context(|| format!("cannot open the master key `{spec}`"))?;
         let key_store = self
             .key_store
             .clone()
             .unwrap_or_else(|| data_dir.join("keys.db"));
+        let master = vault::open_master_for(&spec, &key_store, &data_dir.join("sigil.db"))
+            .with_context(|| format!("cannot open the master key `{spec}`"))?;
         Vault::open(master, &key_store, CacheLimits::default())
             .with_context(|| format!("cannot open the key store `{}`", key_store.display()))
     }
@@ -123,11 +123,28 @@ fn check_all(args: &VaultCommandArgs, vault: &Vault) -> Result<(u64, u64, u64)> 
     Ok((keys.tenant_keys, keys.subject_keys, records))
 }
 
+/// The vault of a `sigil keys` command, which works on a key store that exists: a mistyped
+/// path must not pass for an empty store.
+fn existing(args: &VaultCommandArgs) -> Result<Vault> {
+    let key_store = args
+        .vault
+        .key_store
+        .clone()
+        .unwrap_or_else(|| args.at.data_dir.join("keys.db"));
+    if !key_store.is_file() {
+        anyhow::bail!(
+            "no key store at `{}` (sigil serve makes it with the first sealed record)",
+            key_store.display()
+        );
+    }
+    args.vault.open(&args.at.data_dir)
+}
+
 pub fn run(command: VaultCommand) -> Result<ExitCode> {
     match command {
         VaultCommand::Status(args) => {
             authorize(&args, "read the vault's status")?;
-            let vault = args.vault.open(&args.at.data_dir)?;
+            let vault = existing(&args)?;
             outln!("master key   {}", vault.master().describe());
             outln!("current      {}", vault.master().current_key_id()?);
             for (id, n) in vault.key_store().tenant_keys_by_master()? {
@@ -138,7 +155,7 @@ pub fn run(command: VaultCommand) -> Result<ExitCode> {
         }
         VaultCommand::Rotate(args) => {
             authorize(&args, "rotate the master key")?;
-            let vault = args.vault.open(&args.at.data_dir)?;
+            let vault = existing(&args)?;
             let before = vault.master().current_key_id()?;
             let after = vault.master().rotate()?;
             let entries = record(
@@ -152,7 +169,7 @@ pub fn run(command: VaultCommand) -> Result<ExitCode> {
         }
         VaultCommand::Rewrap(args) => {
             authorize(&args, "rewrap the vault's keys")?;
-            let vault = args.vault.open(&args.at.data_dir)?;
+            let vault = existing(&args)?;
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("rewrap {bar:40} {pos}/{len} {eta}")
@@ -188,7 +205,7 @@ pub fn run(command: VaultCommand) -> Result<ExitCode> {
         }
         VaultCommand::Retire { id, args } => {
             authorize(&args, "retire a master key")?;
-            let vault = args.vault.open(&args.at.data_dir)?;
+            let vault = existing(&args)?;
             let still = vault
                 .key_store()
                 .tenant_keys_by_master()?
@@ -210,7 +227,7 @@ pub fn run(command: VaultCommand) -> Result<ExitCode> {
         }
         VaultCommand::Check(args) => {
             authorize(&args, "check the vault")?;
-            let vault = args.vault.open(&args.at.data_dir)?;
+            let vault = existing(&args)?;
             let (tenant_keys, subject_keys, records) = check_all(&args, &vault)?;
             outln!("checked      {tenant_keys} tenant keys, {subject_keys} user keys, {records} sealed records: all open");
         }

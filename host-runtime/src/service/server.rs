@@ -21,6 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
+/// The largest request head (request line and headers) read; a larger one is answered 431.
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
 /// How long a connection may take and how many are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
@@ -58,6 +61,11 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // hyper's default read buffer is about 400 KB; a request head needs far less, and
+        // every slow client holds its buffer until the header timeout.
+        .max_buf_size(MAX_HEAD_BYTES)
+        // The buffer may take in more than its size in one read; this bound is exact.
+        .max_header_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {

@@ -91,6 +91,29 @@ fn now_seconds() -> i64 {
 }
 
 impl KeyStore {
+    /// Whether the key store at `path` exists and holds tenant keys (read only; nothing is
+    /// made).
+    pub fn holds_keys(path: &Path) -> Result<bool, VaultError> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| VaultError::Config(format!("key store `{}`: {e}", path.display())))?;
+        let has_table: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tenant_keys')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_table {
+            return Ok(false);
+        }
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM tenant_keys", [], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
     /// The key store at `path`, made (readable by its owner only) when missing.
     pub fn open(path: &Path) -> Result<Self, VaultError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

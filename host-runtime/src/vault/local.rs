@@ -81,55 +81,17 @@ impl LocalMasterKey {
 
     /// The key file at `path`, which must exist.
     pub fn open(path: &Path) -> Result<Self, VaultError> {
-        let bad = |what: &str| {
-            VaultError::Config(format!(
-                "`{}` is not a master key file: {what}",
-                path.display()
-            ))
-        };
-        let size = std::fs::metadata(path)
-            .map_err(|e| file_error(path, "cannot read", e))?
-            .len();
-        if size > MAX_FILE {
-            return Err(bad("too large"));
-        }
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| file_error(path, "cannot read", e))?,
-        );
-        let mut lines = text.lines();
-        if lines.next().map(str::trim) != Some(HEADER) {
-            return Err(bad("no header line"));
-        }
-        let mut versions: Vec<Version> = Vec::new();
-        for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
-            let (number, encoded) = line
-                .split_once(' ')
-                .ok_or_else(|| bad("a line is not `VERSION BASE64`"))?;
-            let number: u32 = number
-                .parse()
-                .map_err(|_| bad("a version is not a number"))?;
-            let bytes = Zeroizing::new(
-                STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|_| bad("a key is not base64"))?,
-            );
-            let bytes: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("a key is not 32 bytes"))?;
-            if versions.iter().any(|v| v.number == number) {
-                return Err(bad("a version appears twice"));
-            }
-            versions.push(version_of(number, bytes)?);
-        }
-        if versions.is_empty() {
-            return Err(bad("no key versions"));
-        }
-        versions.sort_by_key(|v| v.number);
         Ok(LocalMasterKey {
             path: path.to_path_buf(),
-            versions: Mutex::new(versions),
+            versions: Mutex::new(read_versions(path)?),
         })
+    }
+
+    /// The versions as the file holds them now: another process (`sigil keys rotate`, `retire`)
+    /// may have changed it since this one read it.
+    fn refresh(&self, versions: &mut Vec<Version>) -> Result<(), VaultError> {
+        *versions = read_versions(&self.path)?;
+        Ok(())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Vec<Version>>, VaultError> {
@@ -253,6 +215,75 @@ impl LocalMasterKey {
     }
 }
 
+/// The versions of the key file at `path`: a regular file of at most [`MAX_FILE`] bytes, its
+/// owner's only.
+fn read_versions(path: &Path) -> Result<Vec<Version>, VaultError> {
+    let bad = |what: &str| {
+        VaultError::Config(format!(
+            "`{}` is not a master key file: {what}",
+            path.display()
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| file_error(path, "cannot read", e))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file"));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(bad("too large"));
+    }
+    // Read at most the limit: a file may grow between the check and the read.
+    let mut text = Zeroizing::new(String::new());
+    std::fs::File::open(path)
+        .and_then(|f| {
+            use std::io::Read as _;
+            f.take(MAX_FILE + 1).read_to_string(&mut text)
+        })
+        .map_err(|e| file_error(path, "cannot read", e))?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(bad("too large"));
+    }
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some(HEADER) {
+        return Err(bad("no header line"));
+    }
+    let mut versions: Vec<Version> = Vec::new();
+    for line in lines.map(str::trim).filter(|l| !l.is_empty()) {
+        let (number, encoded) = line
+            .split_once(' ')
+            .ok_or_else(|| bad("a line is not `VERSION BASE64`"))?;
+        let number: u32 = number
+            .parse()
+            .map_err(|_| bad("a version is not a number"))?;
+        let bytes = Zeroizing::new(
+            STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| bad("a key is not base64"))?,
+        );
+        let bytes: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("a key is not 32 bytes"))?;
+        if versions.iter().any(|v| v.number == number) {
+            return Err(bad("a version appears twice"));
+        }
+        versions.push(version_of(number, bytes)?);
+    }
+    if versions.is_empty() {
+        return Err(bad("no key versions"));
+    }
+    versions.sort_by_key(|v| v.number);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad(
+                "others may read or write it; make it its owner's only (chmod 600)",
+            ));
+        }
+    }
+    Ok(versions)
+}
+
 fn file_error(path: &Path, what: &str, e: std::io::Error) -> VaultError {
     VaultError::Config(format!("master key file `{}`: {what}: {e}", path.display()))
 }
@@ -263,7 +294,8 @@ impl MasterKey for LocalMasterKey {
     }
 
     fn current_key_id(&self) -> Result<String, VaultError> {
-        let versions = self.lock()?;
+        let mut versions = self.lock()?;
+        self.refresh(&mut versions)?;
         versions
             .last()
             .map(|v| v.id.clone())
@@ -272,7 +304,10 @@ impl MasterKey for LocalMasterKey {
 
     fn generate_data_key(&self, context: &KeyContext) -> Result<NewDataKey, VaultError> {
         let plaintext = Zeroizing::new(random_key()?);
-        let versions = self.lock()?;
+        let mut versions = self.lock()?;
+        // Rare (a new tenant, or a key past its cache limits), and the file decides which
+        // version is current: never wrap under one another process has retired.
+        self.refresh(&mut versions)?;
         let current = versions
             .last()
             .ok_or_else(|| VaultError::Config("the master key file has no versions".into()))?;
@@ -285,11 +320,17 @@ impl MasterKey for LocalMasterKey {
         wrapped: &WrappedKey,
         context: &KeyContext,
     ) -> Result<DataKeyBytes, VaultError> {
-        Self::unwrap_with(&self.lock()?, wrapped, context)
+        let mut versions = self.lock()?;
+        if !versions.iter().any(|v| v.id == wrapped.master_key_id) {
+            // Wrapped under a version another process made (a rewrap while this one runs).
+            self.refresh(&mut versions)?;
+        }
+        Self::unwrap_with(&versions, wrapped, context)
     }
 
     fn rewrap(&self, wrapped: &WrappedKey, context: &KeyContext) -> Result<WrappedKey, VaultError> {
-        let versions = self.lock()?;
+        let mut versions = self.lock()?;
+        self.refresh(&mut versions)?;
         let key = Self::unwrap_with(&versions, wrapped, context)?;
         let current = versions
             .last()
@@ -299,6 +340,8 @@ impl MasterKey for LocalMasterKey {
 
     fn rotate(&self) -> Result<String, VaultError> {
         let mut versions = self.lock()?;
+        // Saving a stale list would drop what another process added.
+        self.refresh(&mut versions)?;
         let next = versions.last().map_or(1, |v| v.number.saturating_add(1));
         versions.push(version_of(next, random_key()?)?);
         if let Err(e) = self.save(&versions, false) {
@@ -310,6 +353,7 @@ impl MasterKey for LocalMasterKey {
 
     fn retire(&self, key_id: &str) -> Result<(), VaultError> {
         let mut versions = self.lock()?;
+        self.refresh(&mut versions)?;
         let index = versions
             .iter()
             .position(|v| v.id == key_id)
@@ -410,5 +454,61 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_running_key_follows_rotation_and_retirement_by_another_process() -> Result<(), VaultError>
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        // The service's copy, opened before the CLI rotates.
+        let service = LocalMasterKey::open_or_create(&path)?;
+        let first = service.generate_data_key(&context("acme"))?;
+        let cli = LocalMasterKey::open(&path)?;
+        let old_id = cli.current_key_id()?;
+        let new_id = cli.rotate()?;
+        let rewrapped = cli.rewrap(&first.wrapped, &context("acme"))?;
+        // A key the CLI rewrapped opens in the service, which never saw the new version.
+        assert_eq!(
+            *service.decrypt_data_key(&rewrapped, &context("acme"))?,
+            *first.plaintext
+        );
+        cli.retire(&old_id)?;
+        // New keys in the service are wrapped under what the file says is current.
+        let later = service.generate_data_key(&context("beta"))?;
+        assert_eq!(later.wrapped.master_key_id, new_id);
+        assert!(matches!(
+            service.decrypt_data_key(&first.wrapped, &context("acme")),
+            Err(VaultError::Disabled(_))
+        ));
+        // A rotation by the service keeps the version the CLI made.
+        let third = service.rotate()?;
+        let versions = LocalMasterKey::open(&path)?;
+        assert_eq!(versions.current_key_id()?, third);
+        assert_eq!(
+            *versions.decrypt_data_key(&later.wrapped, &context("beta"))?,
+            *later.plaintext
+        );
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_others_can_read_or_that_are_not_files_are_refused() -> Result<(), VaultError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        LocalMasterKey::open_or_create(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = LocalMasterKey::open(&path).map(|_| ());
+        assert!(
+            matches!(&refused, Err(VaultError::Config(m)) if m.contains("chmod 600")),
+            "{refused:?}"
+        );
+        for special in ["/dev/zero", "/proc/self/mem"] {
+            let refused = LocalMasterKey::open(Path::new(special)).map(|_| ());
+            assert!(matches!(refused, Err(VaultError::Config(_))), "{special}");
+        }
+        Ok(())
     }
 }

@@ -714,6 +714,39 @@ pub fn check_spec(spec: &str) -> Result<(), VaultError> {
     }
 }
 
+/// Opens the master key `spec` names for the key store at `key_store`, refusing what would
+/// lose keys: a local key file is made only while the key store holds no keys (keys another
+/// file wrapped would not open under a new one), and the key store may not be the data's own
+/// database `data_db` (erasure relies on the two being apart).
+pub fn open_master_for(
+    spec: &str,
+    key_store: &std::path::Path,
+    data_db: &std::path::Path,
+) -> Result<Arc<dyn MasterKey>, VaultError> {
+    let same = key_store == data_db
+        || matches!(
+            (std::fs::canonicalize(key_store), std::fs::canonicalize(data_db)),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if same {
+        return Err(VaultError::Config(format!(
+            "the key store `{}` is the data's own database; keep it apart so that erasure reaches the data's backups",
+            key_store.display()
+        )));
+    }
+    if let Some(("local", path)) = spec.split_once(':') {
+        let path = std::path::Path::new(path);
+        if !path.exists() && KeyStore::holds_keys(key_store)? {
+            return Err(VaultError::Config(format!(
+                "the master key file `{}` does not exist, and the key store `{}` holds keys another master key wrapped; name the key file they were made with",
+                path.display(),
+                key_store.display()
+            )));
+        }
+    }
+    open_master(spec)
+}
+
 /// Opens the master key `spec` names: `local:PATH` (made when missing), `aws-kms:KEY;…` or
 /// `pkcs11:module=…;token=…;key=…` (the signer spec syntax of [`crate::signer::SignerSpec`]).
 /// An AWS KMS master key should be named by alias, with its replica regions if it has any; in

@@ -508,6 +508,19 @@ fn slow_and_silent_clients_neither_hold_memory_nor_block_others_nor_the_shutdown
         "the half-sent head was not closed: {closed:?}"
     );
 
+    // A request head over 64 KiB is refused (431), so a slow client holds no more than that.
+    let mut big = TcpStream::connect(&addr).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(100 << 10)
+    );
+    let _ = big.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
     // Bodies announced at the limit and never sent take none of the memory budget (2 × 2
     // instances × 1 MiB): far more of them than it holds do not hold up an honest call.
     let mut hogs = Vec::new();

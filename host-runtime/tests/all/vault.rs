@@ -407,3 +407,62 @@ fn vault_of_new(data: &Path) -> Vault {
     )
     .unwrap()
 }
+
+#[test]
+fn a_key_store_is_never_given_a_new_local_master_key_nor_shared_with_the_data() {
+    use host_runtime::vault::open_master_for;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let vault = vault_of_new(&data);
+    let ctx = RecordContext {
+        tenant: "acme",
+        subject: "alice",
+        kind: "quarantine",
+        id: "q-1",
+    };
+    vault.seal(&ctx, b"held").unwrap();
+    drop(vault);
+    let keys = data.join("keys.db");
+    let db = data.join("sigil.db");
+    // A mistyped key file next to a key store with keys: refused, and no file is made.
+    let typo = data.join("keys/mastr.key");
+    let refused = open_master_for(&format!("local:{}", typo.display()), &keys, &db);
+    assert!(
+        matches!(&refused, Err(VaultError::Config(m)) if m.contains("does not exist")),
+        "{refused:?}"
+    );
+    assert!(!typo.exists());
+    // The right file opens; a fresh key store may get a new file.
+    let good = format!("local:{}", data.join("keys/master.key").display());
+    assert!(open_master_for(&good, &keys, &db).is_ok());
+    let fresh = dir.path().join("fresh");
+    let made = format!("local:{}", fresh.join("master.key").display());
+    std::fs::create_dir_all(&fresh).unwrap();
+    assert!(open_master_for(&made, &fresh.join("keys.db"), &db).is_ok());
+    // The data's own database is not a key store.
+    let refused = open_master_for(&good, &db, &db);
+    assert!(
+        matches!(&refused, Err(VaultError::Config(m)) if m.contains("apart")),
+        "{refused:?}"
+    );
+    // `sigil keys status` on a mistyped key store says so instead of making one.
+    let out = sigil()
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let missing = dir.path().join("nowhere/keys.db");
+    let out = sigil()
+        .args(["keys", "status", "--data-dir"])
+        .arg(&data)
+        .arg("--token-file")
+        .arg(data.join("admin.token"))
+        .arg("--key-store")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key store"));
+    assert!(!missing.exists());
+}
