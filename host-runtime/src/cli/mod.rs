@@ -282,12 +282,26 @@ pub fn main() -> ExitCode {
         // Refusals (not allowed, not now, not that way) exit 1, as other verdicts do; 2 is
         // for a command that could not run.
         Err(e) if is_refusal(&e) => {
-            eprintln!("refused: {e:#}");
+            eprintln!("refused: {}", printable(&format!("{e:#}")));
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", printable(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
+}
+
+/// `text` with control characters other than line breaks escaped: a message may quote what
+/// the user typed, and an escape sequence in it must not reach the terminal.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -1219,3 +1219,15 @@ fn template_verify_with_a_keyring_keeps_the_high_water_mark() {
     std::fs::write(d.join("ring.json"), r#"{"keys": [], "keys": []}"#).unwrap();
     assert_eq!(verify("v2", &[]).status.code(), Some(2));
 }
+
+#[test]
+fn error_messages_escape_control_characters_from_the_input() {
+    let out = sigil(&["scan", "--file", "no-such-\u{1b}[2J-file\u{7}.txt"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "{stderr:?}"
+    );
+}
