@@ -376,21 +376,8 @@ impl Regions {
         Fut: Future<Output = Result<T, KmsError>> + Send + 'static,
     {
         let (start, probing) = self.plan()?;
-        let order = std::iter::once(0)
-            .filter(|_| probing)
-            .chain(
-                (0..self.regions.len())
-                    .cycle()
-                    .skip(start)
-                    .take(self.regions.len()),
-            )
-            .collect::<Vec<_>>();
         let mut unreachable = Vec::new();
-        for (attempt, index) in order.into_iter().enumerate() {
-            if probing && attempt > 0 && index == 0 {
-                // The probe just failed: the primary is not tried twice in one call.
-                continue;
-            }
+        for index in self.attempt_order(start, probing) {
             let Some(region) = self.regions.get(index) else {
                 continue;
             };
@@ -416,6 +403,24 @@ impl Regions {
             KmsErrorKind::Unreachable,
             format!("no KMS region answered ({})", unreachable.join("; ")),
         ))
+    }
+
+    /// The regions one call tries, in order: from the one in use round to the one before it;
+    /// a call that probes tries the primary first, and then not again.
+    fn attempt_order(&self, start: usize, probing: bool) -> Vec<usize> {
+        let round = (start..self.regions.len()).chain(0..start);
+        if probing {
+            std::iter::once(0)
+                .chain(round.filter(|&i| i != 0))
+                .collect()
+        } else {
+            round.collect()
+        }
+    }
+
+    /// The replica regions (every region but the primary).
+    fn replicas(&self) -> &[RegionClient] {
+        self.regions.get(1..).unwrap_or_default()
     }
 
     /// Where a call starts, and whether it first probes the primary.
@@ -494,7 +499,7 @@ impl Regions {
                 KmsError::new(KmsErrorKind::Other, "KMS created a key but returned no ARN")
             })
         })?;
-        for replica in self.regions.iter().skip(1) {
+        for replica in self.replicas() {
             let (key, to) = (arn.clone(), replica.region.clone());
             // ReplicateKey is a request to the primary region.
             self.call_in(0, 1, move |client, _| async move {
