@@ -20,7 +20,7 @@ fn sigil() -> Command {
 }
 
 /// Every byte of every file under `dir` (databases, their logs, keys, anything).
-pub(crate) fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -33,7 +33,18 @@ pub(crate) fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+/// No file under `dir` holds [`CANARY`].
+pub(crate) fn assert_no_canary_in(dir: &Path) {
+    for (path, bytes) in all_bytes(dir) {
+        assert!(
+            !contains(&bytes, CANARY.as_bytes()),
+            "{} holds the canary in clear",
+            path.display()
+        );
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -119,13 +130,7 @@ fn quarantined_input_is_sealed_per_user_and_erasure_shreds_every_older_copy() {
     drop(service);
 
     // A dump of everything the service wrote holds no byte of what users sent.
-    for (path, bytes) in all_bytes(&data) {
-        assert!(
-            !contains(&bytes, CANARY.as_bytes()),
-            "{} holds the canary in clear",
-            path.display()
-        );
-    }
+    assert_no_canary_in(&data);
     let items = held_items(&data.join("sigil.db"));
     assert_eq!(items.len(), 3);
     assert!(
